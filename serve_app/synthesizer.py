@@ -1,0 +1,113 @@
+"""The model replica: batches sentence items from all requests through one engine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import ray
+from ray import serve
+
+from .config import SynthesizerUserConfig, VoiceSource
+from .engines.base import Engine, SynthesisItem
+
+logger = logging.getLogger("chorus.synthesizer")
+
+DEFAULT_BATCH = {"cpu": 4, "cuda": 16}
+
+
+class SynthesisError(RuntimeError):
+    """One item failed in the engine; only its own request fails."""
+
+
+def pick_device() -> str:
+    # NOTE: with num_gpus 0 Ray leaves CUDA_VISIBLE_DEVICES unset, so torch could still see
+    # every GPU of the node; the replica's assigned GPU ids are the truth.
+    return "cuda" if ray.get_gpu_ids() else "cpu"
+
+
+@serve.deployment(
+    max_ongoing_requests=32,
+    max_queued_requests=1024,
+    ray_actor_options={"num_cpus": 1},
+    health_check_period_s=10,
+    health_check_timeout_s=60,
+    graceful_shutdown_timeout_s=30,
+)
+class Synthesizer:
+    """Runs `engine.synthesize` over batches of sentence items (`@serve.batch`)."""
+
+    def __init__(
+        self,
+        voices: list[dict[str, Any]],
+        engine_cls: type[Engine] | None = None,
+        engine_kwargs: dict[str, Any] | None = None,
+        cpu_threads: int | None = None,
+    ) -> None:
+        self.device = pick_device()
+        if self.device == "cpu":
+            import torch
+
+            # Ray pins OMP threads to the replica's logical CPUs (1); the model wants the cores.
+            torch.set_num_threads(cpu_threads or os.cpu_count() or 1)
+        if engine_cls is None:
+            from .engines.piper import PiperEngine
+
+            engine_cls = PiperEngine
+        sources = [VoiceSource.model_validate(v) for v in voices]
+        self.engine = engine_cls(sources, **(engine_kwargs or {}))
+        self.engine.load(self.device)
+        # NOTE: one worker thread: the event loop stays free to take items, cancellations and
+        # health checks while a batch runs, and batches never overlap.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="chorus-engine")
+        self.settings = SynthesizerUserConfig()
+        self.reconfigure({})
+        logger.info("Synthesizer ready on %s with voices %s", self.device, self.engine.voices)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self.settings = SynthesizerUserConfig.model_validate(user_config or {})
+        batch = self.settings.max_batch_size or DEFAULT_BATCH.get(self.device, 4)
+        self._batch.set_max_batch_size(batch)
+        self._batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
+        if hasattr(self.engine, "max_batch_frames"):
+            self.engine.max_batch_frames = self.settings.max_batch_frames
+        logger.info("Batching: max_batch_size=%d wait=%.3fs", batch, self.settings.batch_wait_timeout_s)
+
+    async def synthesize(self, item: SynthesisItem) -> np.ndarray:
+        """Audio of one sentence item (batched with whatever else is waiting)."""
+        result = await self._batch(item)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005)
+    async def _batch(self, items: list[SynthesisItem]) -> list[np.ndarray | BaseException]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._run, items)
+
+    def _run(self, items: list[SynthesisItem]) -> list[np.ndarray | BaseException]:
+        try:
+            return list(self.engine.synthesize(items))
+        except Exception:
+            if len(items) == 1:
+                logger.exception("Synthesis failed for one item")
+                return [SynthesisError("the model failed on this sentence")]
+        # NOTE: a batch failure fails every caller, so find the bad item(s) one by one.
+        logger.warning("Batch of %d failed; retrying items one by one", len(items))
+        return [self._run([item])[0] for item in items]
+
+    async def ready(self) -> dict[str, Any]:
+        return {"device": self.device, "voices": self.engine.voices}
+
+    def check_health(self) -> None:
+        if not self.engine.voices:
+            raise RuntimeError("engine has no voices loaded")
+
+    def __del__(self) -> None:
+        executor = getattr(self, "_executor", None)
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
