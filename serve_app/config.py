@@ -1,4 +1,7 @@
-"""Application arguments and replica user_config: validated, documented, the one place env vars are read."""
+"""App arguments and replica user_config: validated, documented.
+
+This is the one module that reads environment variables.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +19,19 @@ logger = logging.getLogger("chorus.config")
 DEFAULT_VOICE_ID = "en_US-joe-medium"
 # OpenAI's built-in voice names; each is accepted as an alias of a real voice.
 OPENAI_VOICES = (
-    "alloy", "ash", "ballad", "cedar", "coral", "echo", "fable",
-    "marin", "nova", "onyx", "sage", "shimmer", "verse",
+    "alloy",
+    "ash",
+    "ballad",
+    "cedar",
+    "coral",
+    "echo",
+    "fable",
+    "marin",
+    "nova",
+    "onyx",
+    "sage",
+    "shimmer",
+    "verse",
 )
 VOICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -36,7 +50,7 @@ class _Warned(BaseModel):
 
 
 class VoiceSource(_Warned):
-    """Where a Piper voice comes from: an installed voice package or a local .onnx (+ .onnx.json)."""
+    """Where a Piper voice comes from: an installed voice package or a local .onnx file."""
 
     id: str = Field(pattern=VOICE_ID_PATTERN, description="Voice id used in requests.")
     package: str | None = Field(
@@ -87,7 +101,9 @@ class AppConfig(_Warned):
         256 * 1024, ge=1024, description="Largest request body accepted; larger gets 413."
     )
     max_item_chars: int = Field(
-        400, ge=20, le=2000,
+        400,
+        ge=20,
+        le=2000,
         description="Longest sentence item; longer sentences are split at clauses, then words.",
     )
     lookahead_items: int = Field(
@@ -117,17 +133,20 @@ class AppConfig(_Warned):
 
 
 class SynthesizerUserConfig(_Warned):
-    """The synthesizer deployment's `user_config`; a `serve deploy` that changes it applies in place."""
+    """The synthesizer's `user_config`: a `serve deploy` that changes it applies in place."""
 
     max_batch_size: int | None = Field(
-        None, ge=1, le=256,
-        description="Sentence items per batch. Default: 4 on CPU, 16 on GPU (measured, see README).",
+        None,
+        ge=1,
+        le=256,
+        description="Sentence items per batch. Default: 4 on CPU, 16 on GPU (see README).",
     )
     batch_wait_timeout_s: float = Field(
         0.005, ge=0, le=1.0, description="How long a batch waits to fill before it runs."
     )
     max_batch_frames: int = Field(
-        40_000, ge=500,
+        40_000,
+        ge=500,
         description="GPU only: cap on a padded decoder batch, in frames (256 samples each).",
     )
 

@@ -111,8 +111,11 @@ def register_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             message = "no such route; see /docs for the API"
         return error_response(
-            exc.status_code, message, type_,
-            code=_HTTP_CODES.get(exc.status_code), headers=dict(exc.headers or {}),
+            exc.status_code,
+            message,
+            type_,
+            code=_HTTP_CODES.get(exc.status_code),
+            headers=dict(exc.headers or {}),
         )
 
     @app.exception_handler(RequestValidationError)

@@ -113,8 +113,7 @@ class Ingress:
         self.voices: dict[str, VoiceInfo] = load_voices(self.config.voices)
         self.aliases: dict[str, str] = dict(self.config.voice_aliases or {})
         self.frontends = {
-            vid: TextFrontend(info, self.config.max_item_chars)
-            for vid, info in self.voices.items()
+            vid: TextFrontend(info, self.config.max_item_chars) for vid, info in self.voices.items()
         }
 
     def _voice(self, name: str) -> VoiceInfo:
@@ -123,17 +122,27 @@ class Ingress:
             known = sorted([*self.voices, *self.aliases])
             raise BadRequest(
                 f"unknown voice {name[:64]!r}; available: {', '.join(known)}",
-                param="voice", code="unknown_voice",
+                param="voice",
+                code="unknown_voice",
             )
         return self.voices[voice_id]
 
     @app.post(
         "/v1/audio/speech",
         response_class=Response,
-        responses={200: {"content": {f.media_type: {} for f in audio.FORMATS.values()},
-                         "description": "The audio"}, **_ERRORS},
-        openapi_extra={"requestBody": {"required": True, "content": {
-            "application/json": {"schema": SpeechRequest.model_json_schema()}}}},
+        responses={
+            200: {
+                "content": {f.media_type: {} for f in audio.FORMATS.values()},
+                "description": "The audio",
+            },
+            **_ERRORS,
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": SpeechRequest.model_json_schema()}},
+            }
+        },
     )
     async def create_speech(self, request: Request) -> Response:
         """Generate audio from text (OpenAI-compatible)."""
@@ -141,12 +150,14 @@ class Ingress:
         if req.model not in self.config.models:
             raise BadRequest(
                 f"unknown model {req.model[:64]!r}; available: {', '.join(self.config.models)}",
-                param="model", code="model_not_found",
+                param="model",
+                code="model_not_found",
             )
         if len(req.input) > self.config.max_input_chars:
             raise BadRequest(
                 f"input is {len(req.input)} characters; the limit is {self.config.max_input_chars}",
-                param="input", code="string_above_max_length",
+                param="input",
+                code="string_above_max_length",
             )
         voice = self._voice(req.voice)
         fmt = audio.FORMATS[req.response_format]
@@ -217,18 +228,25 @@ class Ingress:
     @app.get("/v1/models/{model_id}", response_model=ModelCard, responses={404: _ERRORS[400]})
     async def get_model(self, model_id: str) -> ModelCard:
         if model_id not in self.config.models:
-            raise NotFound(f"unknown model {model_id[:64]!r}", param="model", code="model_not_found")
+            raise NotFound(
+                f"unknown model {model_id[:64]!r}", param="model", code="model_not_found"
+            )
         return ModelCard(id=model_id)
 
     @app.get("/v1/audio/voices", response_model=VoiceList)
     async def list_voices(self) -> VoiceList:
-        return VoiceList(data=[
-            VoiceCard(
-                id=v.id, name=v.id, language=v.language, sample_rate=v.sample_rate,
-                aliases=sorted(a for a, target in self.aliases.items() if target == v.id),
-            )
-            for v in self.voices.values()
-        ])
+        return VoiceList(
+            data=[
+                VoiceCard(
+                    id=v.id,
+                    name=v.id,
+                    language=v.language,
+                    sample_rate=v.sample_rate,
+                    aliases=sorted(a for a, target in self.aliases.items() if target == v.id),
+                )
+                for v in self.voices.values()
+            ]
+        )
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:

@@ -23,7 +23,8 @@ class SpeechRequest(BaseModel):
         min_length=1, description="Text to speak, up to the server's max_input_chars (4096)."
     )
     voice: str = Field(
-        min_length=1, max_length=128,
+        min_length=1,
+        max_length=128,
         description="A voice id or alias from GET /v1/audio/voices (OpenAI names work).",
     )
     response_format: str = Field(

@@ -75,7 +75,9 @@ class Synthesizer:
         self._batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
         if hasattr(self.engine, "max_batch_frames"):
             self.engine.max_batch_frames = self.settings.max_batch_frames
-        logger.info("Batching: max_batch_size=%d wait=%.3fs", batch, self.settings.batch_wait_timeout_s)
+        logger.info(
+            "Batching: max_batch_size=%d wait=%.3fs", batch, self.settings.batch_wait_timeout_s
+        )
 
     async def synthesize(self, item: SynthesisItem) -> np.ndarray:
         """Audio of one sentence item (batched with whatever else is waiting)."""

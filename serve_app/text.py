@@ -18,9 +18,58 @@ from .voices import VoiceInfo
 # Not said aloud: punctuation the phonemizer passes through, and the id map's specials.
 _SILENT_PHONEMES = frozenset(" !'(),-.:;?\"_^$")
 _ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof st jr sr vs etc no nos fig figs vol approx dept est inc ltd co corp "
-    "mt ft gen gov sen rep sgt capt lt col jan feb mar apr jun jul aug sep sept oct nov dec "
-    "e.g i.e a.m p.m u.s u.k".split()
+    [
+        "mr",
+        "mrs",
+        "ms",
+        "dr",
+        "prof",
+        "st",
+        "jr",
+        "sr",
+        "vs",
+        "etc",
+        "no",
+        "nos",
+        "fig",
+        "figs",
+        "vol",
+        "approx",
+        "dept",
+        "est",
+        "inc",
+        "ltd",
+        "co",
+        "corp",
+        "mt",
+        "ft",
+        "gen",
+        "gov",
+        "sen",
+        "rep",
+        "sgt",
+        "capt",
+        "lt",
+        "col",
+        "jan",
+        "feb",
+        "mar",
+        "apr",
+        "jun",
+        "jul",
+        "aug",
+        "sep",
+        "sept",
+        "oct",
+        "nov",
+        "dec",
+        "e.g",
+        "i.e",
+        "a.m",
+        "p.m",
+        "u.s",
+        "u.k",
+    ]
 )
 # A sentence ends at . ! ? or an ellipsis (with closing quotes/brackets), before whitespace.
 _SENTENCE_END = re.compile(r"""[.!?\u2026]+["'\u201d\u2019)\]]*(?=\s)""")

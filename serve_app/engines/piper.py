@@ -92,10 +92,12 @@ def read_onnx_voice(model: onnx.ModelProto) -> tuple[VitsHyperParams, dict[str, 
         prefix = f"dec.resblocks.{j}.{conv_names[0]}"
         n_convs = sum(1 for k in state if k.startswith(prefix) and k.endswith(".weight"))
         kernel_sizes.append(int(state[f"{prefix}.0.weight"].shape[2]))
-        dilations.append(tuple(
-            attr(f"/dec/resblocks.{j}/{conv_names[0]}.{c}/Conv", "dilations")[0]
-            for c in range(n_convs)
-        ))
+        dilations.append(
+            tuple(
+                attr(f"/dec/resblocks.{j}/{conv_names[0]}.{c}/Conv", "dilations")[0]
+                for c in range(n_convs)
+            )
+        )
     params = VitsHyperParams(
         n_vocab=int(n_vocab),
         inter_channels=int(state["enc_p.proj.weight"].shape[0] // 2),
@@ -107,9 +109,13 @@ def read_onnx_voice(model: onnx.ModelProto) -> tuple[VitsHyperParams, dict[str, 
         resblock=resblock,
         resblock_kernel_sizes=tuple(kernel_sizes),
         resblock_dilation_sizes=tuple(dilations),
-        upsample_rates=tuple(attr(f"/dec/ups.{i}/ConvTranspose", "strides")[0] for i in range(n_ups)),
+        upsample_rates=tuple(
+            attr(f"/dec/ups.{i}/ConvTranspose", "strides")[0] for i in range(n_ups)
+        ),
         upsample_initial_channel=int(state["dec.conv_pre.weight"].shape[0]),
-        upsample_kernel_sizes=tuple(int(state[f"dec.ups.{i}.weight"].shape[2]) for i in range(n_ups)),
+        upsample_kernel_sizes=tuple(
+            int(state[f"dec.ups.{i}.weight"].shape[2]) for i in range(n_ups)
+        ),
         use_sdp="dp.flows.0.m" in state,
     )
     return params, state
@@ -118,11 +124,25 @@ def read_onnx_voice(model: onnx.ModelProto) -> tuple[VitsHyperParams, dict[str, 
 def build_vits(params: VitsHyperParams, state: dict[str, np.ndarray]) -> SynthesizerTrn:
     """An inference-ready SynthesizerTrn (weight norm removed, training-only parts unloaded)."""
     model = SynthesizerTrn(
-        params.n_vocab, 513, 32, params.inter_channels, params.hidden_channels,
-        params.filter_channels, params.n_heads, params.n_layers, params.kernel_size, 0.0,
-        params.resblock, params.resblock_kernel_sizes, params.resblock_dilation_sizes,
-        params.upsample_rates, params.upsample_initial_channel, params.upsample_kernel_sizes,
-        n_speakers=1, gin_channels=0, use_sdp=params.use_sdp,
+        params.n_vocab,
+        513,
+        32,
+        params.inter_channels,
+        params.hidden_channels,
+        params.filter_channels,
+        params.n_heads,
+        params.n_layers,
+        params.kernel_size,
+        0.0,
+        params.resblock,
+        params.resblock_kernel_sizes,
+        params.resblock_dilation_sizes,
+        params.upsample_rates,
+        params.upsample_initial_channel,
+        params.upsample_kernel_sizes,
+        n_speakers=1,
+        gin_channels=0,
+        use_sdp=params.use_sdp,
     )
     # NOTE: the ONNX export folded weight norm into plain weights, so remove it before loading.
     model.dec.remove_weight_norm()
@@ -187,9 +207,11 @@ class VitsVoice:
     def decode(self, z: torch.Tensor, frames: list[int]) -> list[np.ndarray]:
         """Masked HiFi-GAN decoder over a padded batch: padding never leaks into an item."""
         dec = self.model.dec
-        mask = commons.sequence_mask(
-            torch.tensor(frames, device=z.device), z.size(2)
-        ).unsqueeze(1).to(z.dtype)
+        mask = (
+            commons.sequence_mask(torch.tensor(frames, device=z.device), z.size(2))
+            .unsqueeze(1)
+            .to(z.dtype)
+        )
         x = dec.conv_pre(z) * mask
         for i, (up, rate) in enumerate(zip(dec.ups, self.params.upsample_rates, strict=True)):
             x = up(F.leaky_relu(x, _DEC_LRELU_SLOPE))

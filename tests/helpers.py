@@ -1,0 +1,31 @@
+"""Small shared helpers for the tests."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import soundfile as sf
+
+TEXTS = [
+    "Hello there, how are you doing today?",
+    "The quick brown fox jumps over the lazy dog, and then it runs away into the forest.",
+    "Yes.",
+    "I am a sentence of medium length for testing.",
+    "Numbers like 42 and 1999 are read aloud.",
+    "Why would anyone do that?",
+    "This is the seventh sentence, and it is a little longer than most of the others here.",
+    "Goodbye now.",
+    "Speech synthesis turns written words into sound that people can hear.",
+]
+
+
+def decode(body: bytes) -> tuple[np.ndarray, int]:
+    """Samples and rate of an encoded audio file."""
+    data, rate = sf.read(io.BytesIO(body), dtype="float32")
+    return data, rate
+
+
+def pcm16(body: bytes) -> np.ndarray:
+    assert len(body) % 2 == 0, "pcm must be whole 16-bit samples"
+    return np.frombuffer(body, dtype="<i2").astype(np.float32) / 32767.0

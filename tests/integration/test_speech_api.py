@@ -1,0 +1,94 @@
+"""The speech API through the official openai client and raw HTTP, with the real voice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from openai import OpenAI
+
+from tests.helpers import decode, pcm16
+from tests.integration.conftest import speech
+
+pytestmark = pytest.mark.timeout(180)
+
+TEXT = (
+    "Chorus turns text into speech for many people at once. "
+    "Each person hears only their own words."
+)
+WORDS = len(TEXT.split())
+
+
+def plausible(seconds: float) -> bool:
+    """People speak roughly 1.5 to 4 words a second."""
+    return WORDS / 4.0 < seconds < WORDS / 1.5
+
+
+@pytest.fixture(scope="module")
+def openai_client(server: str) -> OpenAI:
+    return OpenAI(base_url=f"{server}/v1", api_key="not-needed", max_retries=0, timeout=120)
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "opus", "flac", "wav", "pcm"])
+def test_openai_client_gets_speech_in_every_format(openai_client: OpenAI, fmt: str) -> None:
+    response = openai_client.audio.speech.create(
+        model="tts-1", voice="alloy", input=TEXT, response_format=fmt
+    )
+    body = response.content
+    if fmt == "pcm":
+        samples, rate = pcm16(body), 24000
+    else:
+        samples, rate = decode(body)
+        assert rate == (24000 if fmt == "opus" else 22050)
+    assert plausible(len(samples) / rate), len(samples) / rate
+    assert float(np.sqrt(np.mean(samples**2))) > 0.01  # not silence
+
+
+def test_openai_streaming_response_works(openai_client: OpenAI) -> None:
+    with openai_client.audio.speech.with_streaming_response.create(
+        model="gpt-4o-mini-tts", voice="en_US-joe-medium", input=TEXT, response_format="wav"
+    ) as response:
+        body = b"".join(response.iter_bytes(4096))
+    samples, rate = decode(body)
+    assert plausible(len(samples) / rate)
+
+
+def test_raw_http_headers_and_default_format(client) -> None:
+    response = speech(client, input="Hello there.")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "audio/mpeg"
+    assert response.headers["x-chorus-voice"] == "en_US-joe-medium"
+    samples, rate = decode(response.content)
+    assert float(response.headers["x-chorus-audio-seconds"]) == pytest.approx(
+        len(samples) / rate, abs=0.1
+    )
+
+
+def test_same_seed_same_audio_other_seed_other_audio(client) -> None:
+    a = speech(client, input=TEXT, response_format="pcm", seed=11).content
+    b = speech(client, input=TEXT, response_format="pcm", seed=11).content
+    c = speech(client, input=TEXT, response_format="pcm", seed=12).content
+    assert a == b
+    assert a != c
+
+
+def test_speed_and_sample_rate_extensions(client) -> None:
+    normal = pcm16(speech(client, input=TEXT, response_format="pcm", seed=1).content)
+    fast = pcm16(speech(client, input=TEXT, response_format="pcm", seed=1, speed=2.0).content)
+    assert len(fast) < 0.75 * len(normal)
+    wav = speech(client, input="Hi.", response_format="wav", sample_rate=16000)
+    assert decode(wav.content)[1] == 16000
+
+
+def test_discovery_endpoints(client) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["voices"] == ["en_US-joe-medium"]
+    models = [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert "tts-1" in models and "gpt-4o-mini-tts" in models
+    (voice,) = client.get("/v1/audio/voices").json()["data"]
+    assert voice["id"] == "en_US-joe-medium" and voice["sample_rate"] == 22050
+    assert voice["language"] == "en_US" and "alloy" in voice["aliases"]
+    schema = client.get("/openapi.json").json()
+    body = schema["paths"]["/v1/audio/speech"]["post"]["requestBody"]["content"]
+    props = body["application/json"]["schema"]["properties"]
+    assert {"seed", "sample_rate", "speed", "response_format"} <= set(props)

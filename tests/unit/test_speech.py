@@ -1,0 +1,91 @@
+"""A request's sentence items: bounded look-ahead, strict order, cancellation when abandoned."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from serve_app.speech import Voicing, item_seed, join_sentences, ordered_audio
+from serve_app.text import Sentence
+from serve_app.voices import VoiceInfo
+
+pytestmark = pytest.mark.timeout(30)
+
+VOICE = VoiceInfo("v", None, 22050, "en", "en-us", {}, 1.0, 0.667, 0.8)  # type: ignore[arg-type]
+
+
+class FakeReplica:
+    """Records what was in flight; with `slow_after`, items after the first few take long."""
+
+    def __init__(self, slow_after: int | None = None) -> None:
+        self.slow_after = slow_after
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.cancelled = 0
+        self.submitted = []
+
+    def submit(self, item):
+        self.submitted.append(item)
+        n = len(self.submitted)
+        slow = self.slow_after is not None and n > self.slow_after
+        # Later items finish first (0.05/n), so order must come from the caller, not timing.
+        return asyncio.ensure_future(self._run(item, delay=30.0 if slow else 0.05 / n))
+
+    async def _run(self, item, delay):
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(delay)
+            return np.full(3, item.seed, dtype=np.float32)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.in_flight -= 1
+
+
+async def sentences(n: int):
+    for i in range(n):
+        yield Sentence(i, f"s{i}", (1, i + 3, 2))
+
+
+def test_audio_comes_back_in_order_with_bounded_lookahead() -> None:
+    replica = FakeReplica()
+    voicing = Voicing(VOICE, 1.0, 42)
+
+    async def run():
+        return [s.index async for s, _ in ordered_audio(sentences(10), voicing, replica.submit, 3)]
+
+    assert asyncio.run(run()) == list(range(10))
+    assert replica.max_in_flight <= 3
+
+
+def test_abandoned_request_cancels_its_pending_items() -> None:
+    replica = FakeReplica(slow_after=1)
+    voicing = Voicing(VOICE, 1.0, 42)
+
+    async def run():
+        gen = ordered_audio(sentences(10), voicing, replica.submit, 4)
+        await anext(gen)
+        await gen.aclose()  # what a disconnect does to the consumer
+        await asyncio.sleep(0.01)
+
+    asyncio.run(run())
+    assert len(replica.submitted) == 4
+    assert replica.cancelled == 3 and replica.in_flight == 0
+
+
+def test_seeds_are_per_sentence_and_reproducible() -> None:
+    a = Voicing(VOICE, 2.0, 7)
+    items = [a.item(Sentence(i, "", (1,))) for i in range(3)]
+    assert len({it.seed for it in items}) == 3
+    assert items[0].seed == item_seed(7, 0) == Voicing(VOICE, 1.0, 7).item(Sentence(0, "", ())).seed
+    assert items[0].length_scale == pytest.approx(0.5)
+    assert Voicing.create(VOICE, 1.0, None).seed != Voicing.create(VOICE, 1.0, None).seed
+
+
+def test_sentences_are_joined_with_a_pause() -> None:
+    out = join_sentences([np.ones(10, np.float32), np.ones(5, np.float32)], 100, 0.1)
+    assert out.tolist() == [1.0] * 10 + [0.0] * 10 + [1.0] * 5
