@@ -12,8 +12,7 @@ from tests.integration.conftest import speech
 pytestmark = pytest.mark.timeout(180)
 
 TEXT = (
-    "Chorus turns text into speech for many people at once. "
-    "Each person hears only their own words."
+    "Chorus turns text into speech for many people at once. Each person hears only their own words."
 )
 WORDS = len(TEXT.split())
 
