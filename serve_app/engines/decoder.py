@@ -1,0 +1,130 @@
+"""HiFi-GAN decoder rebuilt from piper's Generator with 2-D convolutions on (N, C, 1, T).
+
+On CPU, oneDNN runs channels-last 2-D convolutions much faster than the 1-D ones it replaces
+(see README, Performance). With `lengths`, padding never leaks into an item: every layer's
+input is zero past the item's end, exactly as for the item decoded alone.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+_LRELU_SLOPE = 0.1
+
+
+def _conv2d(conv: nn.Conv1d) -> nn.Conv2d:
+    out = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        (1, conv.kernel_size[0]),
+        stride=(1, conv.stride[0]),
+        padding=(0, conv.padding[0]),
+        dilation=(1, conv.dilation[0]),
+        bias=conv.bias is not None,
+    )
+    out.weight.data.copy_(conv.weight.data.unsqueeze(2))
+    if conv.bias is not None:
+        out.bias.data.copy_(conv.bias.data)
+    return out
+
+
+def _conv_transpose2d(conv: nn.ConvTranspose1d) -> nn.ConvTranspose2d:
+    out = nn.ConvTranspose2d(
+        conv.in_channels,
+        conv.out_channels,
+        (1, conv.kernel_size[0]),
+        stride=(1, conv.stride[0]),
+        padding=(0, conv.padding[0]),
+        bias=conv.bias is not None,
+    )
+    out.weight.data.copy_(conv.weight.data.unsqueeze(2))
+    if conv.bias is not None:
+        out.bias.data.copy_(conv.bias.data)
+    return out
+
+
+class _Padding:
+    """Zeroes everything past each item's end. One item: fill its tail in place (cheap);
+    several: multiply by a mask (one kernel however many items)."""
+
+    def __init__(self, lengths: list[int], width: int, device: torch.device) -> None:
+        self.lengths = lengths
+        self.mask = None
+        if len(lengths) > 1:
+            steps = torch.arange(width, device=device)
+            mask = steps < torch.tensor(lengths, device=device).unsqueeze(1)
+            self.mask = mask.view(len(lengths), 1, 1, width).float()
+
+    def upsample(self, rate: int) -> _Padding:
+        out = _Padding.__new__(_Padding)
+        out.lengths = [n * rate for n in self.lengths]
+        out.mask = None if self.mask is None else self.mask.repeat_interleave(rate, dim=3)
+        return out
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mask is not None:
+            return x * self.mask.to(x.dtype)
+        (n,) = self.lengths
+        if n < x.size(3):
+            x[..., n:] = 0
+        return x
+
+
+class _ResBlock(nn.Module):
+    """ResBlock1 (two convs per step) or ResBlock2 (one), on 2-D tensors."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        if hasattr(block, "convs1"):
+            self.first = nn.ModuleList(_conv2d(c) for c in block.convs1)
+            self.second = nn.ModuleList(_conv2d(c) for c in block.convs2)
+        else:
+            self.first = nn.ModuleList(_conv2d(c) for c in block.convs)
+            self.second = None
+
+    def forward(self, x: torch.Tensor, pad: _Padding | None) -> torch.Tensor:
+        for i, conv in enumerate(self.first):
+            xt = F.leaky_relu(x, _LRELU_SLOPE)
+            if pad is not None:
+                xt = pad(xt)
+            xt = conv(xt)
+            if self.second is not None:
+                xt = F.leaky_relu_(xt, _LRELU_SLOPE)
+                if pad is not None:
+                    xt = pad(xt)
+                xt = self.second[i](xt)
+            x = xt + x
+        return x if pad is None else pad(x)
+
+
+class Decoder2d(nn.Module):
+    def __init__(self, generator: nn.Module, upsample_rates: tuple[int, ...]) -> None:
+        super().__init__()
+        self.rates = upsample_rates
+        self.num_kernels = generator.num_kernels
+        self.conv_pre = _conv2d(generator.conv_pre)
+        self.ups = nn.ModuleList(_conv_transpose2d(up) for up in generator.ups)
+        self.resblocks = nn.ModuleList(_ResBlock(b) for b in generator.resblocks)
+        self.conv_post = _conv2d(generator.conv_post)
+
+    def forward(self, z: torch.Tensor, lengths: list[int] | None = None) -> torch.Tensor:
+        """z (N, C, T) -> audio (N, T * hop); `lengths` (frames) zero padding at every layer."""
+        x = z.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        pad = None if lengths is None else _Padding(lengths, z.size(2), z.device)
+        x = self.conv_pre(x)
+        if pad is not None:
+            x = pad(x)
+        for i, (up, rate) in enumerate(zip(self.ups, self.rates, strict=True)):
+            x = up(F.leaky_relu_(x, _LRELU_SLOPE))
+            if pad is not None:
+                pad = pad.upsample(rate)
+                x = pad(x)
+            blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
+            acc = blocks[0](x, pad)
+            for block in blocks[1:]:
+                acc = acc + block(x, pad)
+            x = acc / self.num_kernels
+        x = torch.tanh(self.conv_post(F.leaky_relu_(x)))
+        return x.reshape(x.size(0), -1)
