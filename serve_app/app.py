@@ -27,5 +27,7 @@ def bind_app(
 ) -> Application:
     """The deployment graph for `config`; `engine_cls` swaps the model engine (tests only)."""
     voices = [v.model_dump(mode="json", exclude_none=True) for v in config.voices]
-    synthesizer = Synthesizer.bind(voices, engine_cls=engine_cls, engine_kwargs=engine_kwargs)
+    synthesizer = Synthesizer.bind(
+        voices, engine_cls=engine_cls, engine_kwargs=engine_kwargs, cpu_threads=config.cpu_threads
+    )
     return Ingress.bind(synthesizer, config.model_dump(mode="json"))

@@ -116,6 +116,13 @@ class AppConfig(_Warned):
         0.1, ge=0, le=2.0, description="Silence inserted between sentences."
     )
     readiness_timeout_s: float = Field(5.0, gt=0, description="How long /readyz waits.")
+    cpu_threads: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Torch threads of a CPU synthesizer replica. Default: all cores of the "
+        "node; with several replicas per node, give each its share.",
+    )
 
     @model_validator(mode="after")
     def _check_voices(self) -> AppConfig:

@@ -2,51 +2,20 @@
 
 from __future__ import annotations
 
-import socket
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-from tests.conftest import ROOT
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def deploy_args() -> dict:
-    """The `args:` of the application in deploy/serve_config.yaml: tests run what users run."""
-    config = yaml.safe_load(Path(ROOT / "deploy" / "serve_config.yaml").read_text())
-    return config["applications"][0]["args"]
+from serve_app.app import build_app
+from serve_app.local import deploy_args, running_chorus
 
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[str]:
-    import ray
-    from ray import serve
-
-    from serve_app.app import build_app
-
-    port = _free_port()
-    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(deploy_args()), name="chorus", route_prefix="/")
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while httpx.get(f"{url}/readyz", timeout=10).status_code != 200:
-            assert time.monotonic() < deadline, "Chorus did not become ready"
-            time.sleep(0.5)
+    # The app is built from deploy/serve_config.yaml's args: tests run what users run.
+    with running_chorus(build_app(deploy_args())) as url:
         yield url
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 @pytest.fixture

@@ -1,0 +1,52 @@
+"""Run Chorus on a local Ray instance from Python (tests and benchmarks)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+SERVE_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "serve_config.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def deploy_args(path: Path = SERVE_CONFIG) -> dict[str, Any]:
+    """The `args:` of the first application in a serve config file."""
+    return yaml.safe_load(path.read_text())["applications"][0]["args"]
+
+
+@contextmanager
+def running_chorus(
+    app: Any, port: int | None = None, ready_timeout_s: float = 180
+) -> Iterator[str]:
+    """Start Ray and Serve on 127.0.0.1, deploy `app`, wait for /readyz, yield the base URL;
+    shut everything down afterwards."""
+    import ray
+    from ray import serve
+
+    port = port or free_port()
+    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(app, name="chorus", route_prefix="/")
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + ready_timeout_s
+        while httpx.get(f"{url}/readyz", timeout=10).status_code != 200:
+            if time.monotonic() > deadline:
+                raise TimeoutError("Chorus did not become ready")
+            time.sleep(0.5)
+        yield url
+    finally:
+        serve.shutdown()
+        ray.shutdown()
