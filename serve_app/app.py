@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from ray.serve import Application
 
-from .config import AppConfig, log_level, parse_app_args
+from .config import AppConfig, parse_app_args
 from .engines.base import Engine
 from .ingress import Ingress
 from .synthesizer import Synthesizer
-
-logging.getLogger("chorus").setLevel(log_level())
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -24,10 +21,15 @@ def bind_app(
     config: AppConfig,
     engine_cls: type[Engine] | None = None,
     engine_kwargs: dict[str, Any] | None = None,
+    synthesizer_options: dict[str, Any] | None = None,
 ) -> Application:
-    """The deployment graph for `config`; `engine_cls` swaps the model engine (tests only)."""
+    """The deployment graph for `config`.
+
+    `engine_cls` swaps the model engine and `synthesizer_options` overrides the Synthesizer's
+    deployment options (tests only; serve configs set options in their `deployments:`).
+    """
     voices = [v.model_dump(mode="json", exclude_none=True) for v in config.voices]
-    synthesizer = Synthesizer.bind(
+    synthesizer = Synthesizer.options(**(synthesizer_options or {})).bind(
         voices, engine_cls=engine_cls, engine_kwargs=engine_kwargs, cpu_threads=config.cpu_threads
     )
     return Ingress.bind(synthesizer, config.model_dump(mode="json"))

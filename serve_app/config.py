@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-logger = logging.getLogger("chorus.config")
+logger = logging.getLogger("ray.serve.chorus.config")
 
 DEFAULT_VOICE_ID = "en_US-joe-medium"
 # OpenAI's built-in voice names; each is accepted as an alias of a real voice.
@@ -163,8 +163,13 @@ def env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"CHORUS_{name}", default)
 
 
-def log_level() -> str:
-    return (env("LOG_LEVEL", "INFO") or "INFO").upper()
+def configure_logging() -> None:
+    """Set Chorus's log level from CHORUS_LOG_LEVEL (default INFO).
+
+    NOTE: Chorus logs under "ray.serve" so that replicas write its lines with Serve's handler,
+    request ids included.
+    """
+    logging.getLogger("ray.serve.chorus").setLevel((env("LOG_LEVEL", "INFO") or "INFO").upper())
 
 
 def parse_app_args(args: dict[str, Any] | None) -> AppConfig:

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-logger = logging.getLogger("chorus.errors")
+logger = logging.getLogger("ray.serve.chorus.errors")
 
 
 class ErrorDetail(BaseModel):

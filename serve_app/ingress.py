@@ -16,7 +16,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from . import audio
-from .config import AppConfig
+from .config import AppConfig, configure_logging
 from .errors import (
     BadRequest,
     DeadlineExceeded,
@@ -35,7 +35,7 @@ from .synthesizer import SynthesisError
 from .text import TextError, TextFrontend
 from .voices import VoiceInfo, load_voices
 
-logger = logging.getLogger("chorus.ingress")
+logger = logging.getLogger("ray.serve.chorus.ingress")
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
@@ -108,6 +108,7 @@ class Ingress:
     """Validates, splits text into sentence items, gathers ordered audio, encodes it."""
 
     def __init__(self, synthesizer: DeploymentHandle, config: dict[str, Any]) -> None:
+        configure_logging()
         self.synthesizer = synthesizer
         self.config = AppConfig.model_validate(config)
         self.voices: dict[str, VoiceInfo] = load_voices(self.config.voices)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -15,8 +14,6 @@ import numpy as np
 from .engines.base import SynthesisItem
 from .text import Sentence
 from .voices import VoiceInfo
-
-logger = logging.getLogger("chorus.speech")
 
 # submit(item) -> an awaitable with .cancel(), e.g. a Ray Serve DeploymentResponse.
 Submit = Callable[[SynthesisItem], Any]

@@ -12,10 +12,10 @@ import numpy as np
 import ray
 from ray import serve
 
-from .config import SynthesizerUserConfig, VoiceSource
+from .config import SynthesizerUserConfig, VoiceSource, configure_logging
 from .engines.base import Engine, SynthesisItem
 
-logger = logging.getLogger("chorus.synthesizer")
+logger = logging.getLogger("ray.serve.chorus.synthesizer")
 
 DEFAULT_BATCH = {"cpu": 4, "cuda": 16}
 
@@ -48,6 +48,7 @@ class Synthesizer:
         engine_kwargs: dict[str, Any] | None = None,
         cpu_threads: int | None = None,
     ) -> None:
+        configure_logging()
         self.device = pick_device()
         if self.device == "cpu":
             import torch

@@ -25,7 +25,7 @@ from ..voices import VoiceInfo, VoiceLoadError
 from .base import Engine, SynthesisItem
 from .decoder import Decoder2d
 
-logger = logging.getLogger("chorus.engine")
+logger = logging.getLogger("ray.serve.chorus.engine")
 
 # Parts of SynthesizerTrn that inference never runs (posterior encoder, SDP training flows).
 _TRAINING_ONLY = ("enc_q.", "dp.post_", "dp.flows.1.")

@@ -25,7 +25,7 @@ def test_defaults_serve_the_packaged_voice_under_openai_names() -> None:
 
 
 def test_unknown_keys_are_warned_about(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="chorus.config"):
+    with caplog.at_level(logging.WARNING, logger="ray.serve.chorus.config"):
         config = AppConfig.model_validate({"max_input_chars": 100, "max_imput_chars": 5})
     assert config.max_input_chars == 100
     assert "max_imput_chars" in caplog.text
