@@ -14,31 +14,14 @@ from torch.nn import functional as F
 _LRELU_SLOPE = 0.1
 
 
-def _conv2d(conv: nn.Conv1d) -> nn.Conv2d:
-    out = nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        (1, conv.kernel_size[0]),
-        stride=(1, conv.stride[0]),
-        padding=(0, conv.padding[0]),
-        dilation=(1, conv.dilation[0]),
-        bias=conv.bias is not None,
-    )
-    out.weight.data.copy_(conv.weight.data.unsqueeze(2))
-    if conv.bias is not None:
-        out.bias.data.copy_(conv.bias.data)
-    return out
-
-
-def _conv_transpose2d(conv: nn.ConvTranspose1d) -> nn.ConvTranspose2d:
-    out = nn.ConvTranspose2d(
-        conv.in_channels,
-        conv.out_channels,
-        (1, conv.kernel_size[0]),
-        stride=(1, conv.stride[0]),
-        padding=(0, conv.padding[0]),
-        bias=conv.bias is not None,
-    )
+def _to_2d(conv: nn.Conv1d | nn.ConvTranspose1d) -> nn.Conv2d | nn.ConvTranspose2d:
+    """The same (transposed) convolution over (N, C, 1, T): kernel (1, k), same weights."""
+    cls = nn.ConvTranspose2d if isinstance(conv, nn.ConvTranspose1d) else nn.Conv2d
+    out = cls(
+        conv.in_channels, conv.out_channels, (1, conv.kernel_size[0]),
+        stride=(1, conv.stride[0]), padding=(0, conv.padding[0]),
+        dilation=(1, conv.dilation[0]), bias=conv.bias is not None,
+    )  # fmt: skip
     out.weight.data.copy_(conv.weight.data.unsqueeze(2))
     if conv.bias is not None:
         out.bias.data.copy_(conv.bias.data)
@@ -78,10 +61,10 @@ class _ResBlock(nn.Module):
     def __init__(self, block: nn.Module) -> None:
         super().__init__()
         if hasattr(block, "convs1"):
-            self.first = nn.ModuleList(_conv2d(c) for c in block.convs1)
-            self.second = nn.ModuleList(_conv2d(c) for c in block.convs2)
+            self.first = nn.ModuleList(_to_2d(c) for c in block.convs1)
+            self.second = nn.ModuleList(_to_2d(c) for c in block.convs2)
         else:
-            self.first = nn.ModuleList(_conv2d(c) for c in block.convs)
+            self.first = nn.ModuleList(_to_2d(c) for c in block.convs)
             self.second = None
 
     def forward(self, x: torch.Tensor, pad: _Padding | None) -> torch.Tensor:
@@ -104,10 +87,10 @@ class Decoder2d(nn.Module):
         super().__init__()
         self.rates = upsample_rates
         self.num_kernels = generator.num_kernels
-        self.conv_pre = _conv2d(generator.conv_pre)
-        self.ups = nn.ModuleList(_conv_transpose2d(up) for up in generator.ups)
+        self.conv_pre = _to_2d(generator.conv_pre)
+        self.ups = nn.ModuleList(_to_2d(up) for up in generator.ups)
         self.resblocks = nn.ModuleList(_ResBlock(b) for b in generator.resblocks)
-        self.conv_post = _conv2d(generator.conv_post)
+        self.conv_post = _to_2d(generator.conv_post)
 
     def forward(self, z: torch.Tensor, lengths: list[int] | None = None) -> torch.Tensor:
         """z (N, C, T) -> audio (N, T * hop); `lengths` (frames) zero padding at every layer."""

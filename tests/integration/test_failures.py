@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -17,22 +18,20 @@ from tests.integration.conftest import assert_envelope
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(scope="module")
-def fake_url(server: str) -> Iterator[str]:
-    """A second app on the session's Ray instance: fake engine, tiny queues."""
+@contextmanager
+def fake_app(server: str, name: str, **options) -> Iterator[str]:
+    """Another app on the session's Ray instance, with the fake engine (0.3 s per batch)."""
     app = bind_app(
         parse_app_args({}),
         engine_cls=FakeEngine,
         engine_kwargs={"delay_s": 0.3},
-        synthesizer_options={
-            "max_ongoing_requests": 2,
-            "max_queued_requests": 2,
-            "ray_actor_options": {"num_cpus": 0},
-        },
+        synthesizer_options={"ray_actor_options": {"num_cpus": 0}, **options},
     )
-    serve.run(app, name="fake", route_prefix="/fake")
-    yield f"{server}/fake"
-    serve.delete("fake")
+    serve.run(app, name=name, route_prefix=f"/{name}")
+    try:
+        yield f"{server}/{name}"
+    finally:
+        serve.delete(name)
 
 
 async def post_all(url: str, inputs: list[str]) -> list[httpx.Response]:
@@ -53,8 +52,9 @@ async def post_all(url: str, inputs: list[str]) -> list[httpx.Response]:
         )
 
 
-def test_full_queues_get_503_envelope_with_retry_after(fake_url: str) -> None:
-    responses = asyncio.run(post_all(fake_url, [f"Sentence number {i}." for i in range(16)]))
+def test_full_queues_get_503_envelope_with_retry_after(server: str) -> None:
+    with fake_app(server, "tiny", max_ongoing_requests=2, max_queued_requests=2) as url:
+        responses = asyncio.run(post_all(url, [f"Sentence number {i}." for i in range(16)]))
     statuses = [r.status_code for r in responses]
     assert set(statuses) <= {200, 503}, statuses
     assert 200 in statuses and 503 in statuses, statuses
@@ -65,9 +65,11 @@ def test_full_queues_get_503_envelope_with_retry_after(fake_url: str) -> None:
             assert int(r.headers["retry-after"]) >= 1
 
 
-def test_bad_sentence_fails_only_its_own_request(fake_url: str) -> None:
+def test_bad_sentence_fails_only_its_own_request(server: str) -> None:
     good = ["Hello there.", "See you soon.", "Good night."]
-    responses = asyncio.run(post_all(fake_url, ["Buried treasure.", *good]))
+    # A long batch wait puts all four sentences into one batch, which the bad one fails.
+    with fake_app(server, "shared", user_config={"batch_wait_timeout_s": 0.2}) as url:
+        responses = asyncio.run(post_all(url, ["Buried treasure.", *good]))
     bad, *rest = responses
     error = assert_envelope(bad, 500)
     assert error["code"] == "synthesis_failed"
