@@ -176,8 +176,11 @@ class Ingress:
         chunks = await self._synthesize(frontend, sentences, voicing)
         if not chunks:
             raise BadRequest("input has no speakable text", param="input", code="unspeakable_input")
-        pcm = join_sentences(chunks, voice.sample_rate, self.config.sentence_pause_s)
-        pcm = audio.resample(pcm, voice.sample_rate, rate)
+        pcm = await asyncio.to_thread(
+            join_sentences, chunks, voice.sample_rate, self.config.sentence_pause_s
+        )
+        # NOTE: resampling and encoding minutes of audio must not stall the event loop.
+        pcm = await asyncio.to_thread(audio.resample, pcm, voice.sample_rate, rate)
         body = await asyncio.to_thread(audio.encode, pcm, rate, fmt)
         return Response(
             body,

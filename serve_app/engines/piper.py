@@ -283,8 +283,10 @@ class PiperEngine(Engine):
             info = VoiceInfo.load(source)
             try:
                 self._voices[info.id] = VitsVoice(info, self.device)
-            except VoiceLoadError as exc:
-                raise VoiceLoadError(f"voice {info.id!r}: {exc}") from exc
+            except (VoiceLoadError, KeyError, StopIteration, ValueError) as exc:
+                raise VoiceLoadError(
+                    f"voice {info.id!r}: {info.model_path} is not a usable Piper VITS voice: {exc}"
+                ) from exc
         logger.info("Loaded voices %s on %s", list(self._voices), self.device)
         self.synthesize([_warmup_item(v.info) for v in self._voices.values()])
         if self.warm_buckets and not self.batched_decode:

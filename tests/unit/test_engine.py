@@ -136,3 +136,17 @@ def test_unusable_voices_fail_with_a_reason(tmp_path, info) -> None:
     )
     with pytest.raises(VoiceLoadError, match="multi-speaker"):
         VoiceInfo.load(VoiceSource(id="multi", model_path=model))
+
+
+def test_a_file_that_is_not_a_piper_voice_fails_clearly(tmp_path, info) -> None:
+    model = tmp_path / "not-vits.onnx"
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )  # fmt: skip
+    onnx.save(onnx.helper.make_model(graph), str(model))
+    shutil.copy(f"{info.model_path}.json", f"{model}.json")
+    eng = PiperEngine([VoiceSource(id="bad", model_path=model)], warm_buckets=False)
+    with pytest.raises(VoiceLoadError, match="not a usable Piper VITS voice"):
+        eng.load("cpu")
