@@ -30,7 +30,7 @@ from .errors import (
     validation_message,
 )
 from .schemas import ModelCard, ModelList, SpeechRequest, VoiceCard, VoiceList
-from .speech import Voicing, join_sentences, ordered_audio
+from .speech import Voicing, ordered_audio, render
 from .synthesizer import SynthesisError
 from .text import TextError, TextFrontend
 from .voices import VoiceInfo, load_voices
@@ -176,12 +176,10 @@ class Ingress:
         chunks = await self._synthesize(frontend, sentences, voicing)
         if not chunks:
             raise BadRequest("input has no speakable text", param="input", code="unspeakable_input")
-        pcm = await asyncio.to_thread(
-            join_sentences, chunks, voice.sample_rate, self.config.sentence_pause_s
+        # NOTE: joining, resampling and encoding minutes of audio must not stall the event loop.
+        body, seconds = await asyncio.to_thread(
+            render, chunks, voice.sample_rate, fmt, rate, self.config.sentence_pause_s
         )
-        # NOTE: resampling and encoding minutes of audio must not stall the event loop.
-        pcm = await asyncio.to_thread(audio.resample, pcm, voice.sample_rate, rate)
-        body = await asyncio.to_thread(audio.encode, pcm, rate, fmt)
         return Response(
             body,
             media_type=fmt.media_type,
@@ -189,7 +187,7 @@ class Ingress:
                 "X-Chorus-Voice": voice.id,
                 "X-Chorus-Sample-Rate": str(rate),
                 "X-Chorus-Sentences": str(len(chunks)),
-                "X-Chorus-Audio-Seconds": f"{pcm.size / rate:.3f}",
+                "X-Chorus-Audio-Seconds": f"{seconds:.3f}",
             },
         )
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from . import audio
 from .engines.base import SynthesisItem
 from .text import Sentence
 from .voices import VoiceInfo
@@ -72,6 +73,14 @@ async def ordered_audio(
     finally:
         for _, response in pending:
             response.cancel()
+
+
+def render(
+    chunks: list[np.ndarray], voice_rate: int, fmt: audio.AudioFormat, rate: int, pause_s: float
+) -> tuple[bytes, float]:
+    """The response body for a request's sentence audio, and its length in seconds."""
+    pcm = audio.resample(join_sentences(chunks, voice_rate, pause_s), voice_rate, rate)
+    return audio.encode(pcm, rate, fmt), pcm.size / rate
 
 
 def join_sentences(chunks: list[np.ndarray], rate: int, pause_s: float) -> np.ndarray:

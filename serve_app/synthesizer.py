@@ -65,8 +65,7 @@ class Synthesizer:
         # NOTE: one worker thread: the event loop stays free to take items, cancellations and
         # health checks while a batch runs, and batches never overlap.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="chorus-engine")
-        self.settings = SynthesizerUserConfig()
-        self.reconfigure({})
+        self.reconfigure({})  # defaults until Serve passes the deployment's user_config
         logger.info("Synthesizer ready on %s with voices %s", self.device, self.engine.voices)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:

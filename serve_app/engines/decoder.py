@@ -7,6 +7,8 @@ input is zero past the item's end, exactly as for the item decoded alone.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -28,23 +30,24 @@ def _to_2d(conv: nn.Conv1d | nn.ConvTranspose1d) -> nn.Conv2d | nn.ConvTranspose
     return out
 
 
+@dataclass(frozen=True)
 class _Padding:
     """Zeroes everything past each item's end. One item: fill its tail in place (cheap);
     several: multiply by a mask (one kernel however many items)."""
 
-    def __init__(self, lengths: list[int], width: int, device: torch.device) -> None:
-        self.lengths = lengths
-        self.mask = None
-        if len(lengths) > 1:
-            steps = torch.arange(width, device=device)
-            mask = steps < torch.tensor(lengths, device=device).unsqueeze(1)
-            self.mask = mask.view(len(lengths), 1, 1, width).float()
+    lengths: list[int]
+    mask: torch.Tensor | None
+
+    @classmethod
+    def of(cls, lengths: list[int], width: int, device: torch.device) -> _Padding:
+        if len(lengths) == 1:
+            return cls(lengths, None)
+        mask = torch.arange(width, device=device) < torch.tensor(lengths, device=device)[:, None]
+        return cls(lengths, mask.view(len(lengths), 1, 1, width).float())
 
     def upsample(self, rate: int) -> _Padding:
-        out = _Padding.__new__(_Padding)
-        out.lengths = [n * rate for n in self.lengths]
-        out.mask = None if self.mask is None else self.mask.repeat_interleave(rate, dim=3)
-        return out
+        mask = None if self.mask is None else self.mask.repeat_interleave(rate, dim=3)
+        return _Padding([n * rate for n in self.lengths], mask)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.mask is not None:
@@ -95,7 +98,7 @@ class Decoder2d(nn.Module):
     def forward(self, z: torch.Tensor, lengths: list[int] | None = None) -> torch.Tensor:
         """z (N, C, T) -> audio (N, T * hop); `lengths` (frames) zero padding at every layer."""
         x = z.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-        pad = None if lengths is None else _Padding(lengths, z.size(2), z.device)
+        pad = None if lengths is None else _Padding.of(lengths, z.size(2), z.device)
         x = self.conv_pre(x)
         if pad is not None:
             x = pad(x)

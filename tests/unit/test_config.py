@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pytest
 import yaml
@@ -11,7 +10,7 @@ from pydantic import ValidationError
 from ray.serve.schema import ServeDeploySchema
 
 from serve_app.config import OPENAI_VOICES, AppConfig, SynthesizerUserConfig, parse_app_args
-from tests.conftest import ROOT
+from serve_app.local import SERVE_CONFIG
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -52,7 +51,7 @@ def test_user_config_bounds() -> None:
 
 
 def test_serve_config_is_valid_and_its_args_parse() -> None:
-    raw = yaml.safe_load(Path(ROOT / "deploy" / "serve_config.yaml").read_text())
+    raw = yaml.safe_load(SERVE_CONFIG.read_text())
     schema = ServeDeploySchema.model_validate(raw)
     (app,) = schema.applications
     assert app.import_path == "serve_app.app:build_app"
