@@ -179,7 +179,7 @@ def build_vits(params: VitsHyperParams, state: dict[str, np.ndarray]) -> Synthes
 
 
 class VitsVoice:
-    """One loaded voice: batched front end (text encoder, durations, flow) and a masked decoder."""
+    """One loaded voice: front end (text encoder, durations, flow) and a padding-exact decoder."""
 
     def __init__(self, info: VoiceInfo, device: torch.device) -> None:
         params, state = read_onnx_voice(onnx.load(str(info.model_path)))
@@ -248,8 +248,8 @@ class VitsVoice:
 class PiperEngine(Engine):
     """All configured Piper voices, one replica's worth.
 
-    Batch policy by device (measured, see README): on CPU the front end runs batched and each
-    item is decoded alone (padded decoder batches are slower there); on a GPU everything runs
+    Batch policy by device (measured, see README): on CPU each item runs through the model
+    alone (padded batches are slower there, and solo runs are bit-exact); on a GPU everything runs
     batched, sorted by length and cut so a decoder batch stays under `max_batch_frames`.
     """
 
@@ -312,10 +312,10 @@ class PiperEngine(Engine):
             for group in self._groups(voice, [items[i] for i in idx], idx):
                 group_items = [items[i] for i in group]
                 z, frames = voice.front(group_items)
-                if not self.batched_decode:
-                    audio = [voice.decode_one(z[j : j + 1], frames[j]) for j in range(len(group))]
-                else:
+                if self.batched_decode:
                     audio = voice.decode(z, frames)
+                else:
+                    audio = [voice.decode_one(z, frames[0])]
                 for i, a in zip(group, audio, strict=True):
                     out[i] = a
         return out  # type: ignore[return-value]
@@ -323,9 +323,15 @@ class PiperEngine(Engine):
     def _groups(
         self, voice: VitsVoice, items: list[SynthesisItem], idx: list[int]
     ) -> list[list[int]]:
-        """Per-item decode: one group. Batched: length-sorted groups with a capped padded size."""
+        """Per item: one group each. Batched: length-sorted groups with a capped padded size.
+
+        NOTE: per item, nothing about an item's computation (shapes included) depends on what
+        shares its batch, so its samples are bit-identical to a solo run. A batched front end
+        gained nothing measurable on CPU (README), while its batch-dependent shapes let float
+        rounding move samples by up to ~1e-4.
+        """
         if not self.batched_decode:
-            return [idx]
+            return [[i] for i in idx]
         # ~6 frames per phoneme id is a generous upper estimate for a medium voice at speed 1.
         est = {i: it.size * 6 * it.length_scale for i, it in zip(idx, items, strict=True)}
         groups: list[list[int]] = []
