@@ -112,6 +112,13 @@ class AppConfig(_Warned):
     request_timeout_s: float = Field(
         300.0, gt=0, description="A request still unfinished after this long fails with 504."
     )
+    heartbeat_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="An SSE stream with nothing to send for this long sends a queue update "
+        "(before its first audio) or a comment, so proxies do not cut it as idle.",
+    )
     sentence_pause_s: float = Field(
         0.1, ge=0, le=2.0, description="Silence inserted between sentences."
     )

@@ -46,6 +46,11 @@ class ChorusError(Exception):
         self.code = code or type(self).code
         self.headers = headers or {}
 
+    def envelope(self) -> dict[str, Any]:
+        """The body every error response has (also an SSE stream's `error` event)."""
+        detail = ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
+        return ErrorResponse(error=detail).model_dump()
+
 
 class BadRequest(ChorusError):
     status, type, code = 400, "invalid_request_error", "invalid_request"
@@ -89,9 +94,7 @@ def error_response(
 
 
 def from_error(exc: ChorusError) -> JSONResponse:
-    return error_response(
-        exc.status, exc.message, exc.type, param=exc.param, code=exc.code, headers=exc.headers
-    )
+    return JSONResponse(exc.envelope(), status_code=exc.status, headers=exc.headers)
 
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}

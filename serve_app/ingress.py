@@ -4,11 +4,14 @@
 # Ray Serve's class-based view wrapper.
 
 import asyncio
+import base64
 import json
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
 from ray.exceptions import RayActorError
@@ -16,9 +19,11 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from . import audio
+from .backlog import Backlog, RequestWork
 from .config import AppConfig, configure_logging
 from .errors import (
     BadRequest,
+    ChorusError,
     DeadlineExceeded,
     ErrorResponse,
     NotFound,
@@ -29,8 +34,18 @@ from .errors import (
     register_error_handlers,
     validation_message,
 )
-from .schemas import ModelCard, ModelList, SpeechRequest, VoiceCard, VoiceList
-from .speech import Voicing, ordered_audio, render
+from .schemas import (
+    ModelCard,
+    ModelList,
+    QueueInfo,
+    SentenceTiming,
+    SpeechRequest,
+    SpeechWithTimings,
+    VoiceCard,
+    VoiceList,
+)
+from .speech import Spoken, Voicing, ordered_audio, paced, render, spoken
+from .streams import audio_body, sse_body
 from .synthesizer import SynthesisError
 from .text import TextError, TextFrontend
 from .voices import VoiceInfo, load_voices
@@ -98,6 +113,32 @@ def parse_speech_request(data: Any) -> SpeechRequest:
         raise BadRequest(message, param=param, code=first.get("type")) from None
 
 
+def as_chorus_error(exc: Exception) -> ChorusError:
+    """What the client is told about a failure while its sentences were being synthesized."""
+    if isinstance(exc, ChorusError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return DeadlineExceeded(f"speech {exc}")
+    if isinstance(exc, BackPressureError):
+        return Overloaded(
+            "the model replicas' queues are full; retry shortly", headers={"Retry-After": "1"}
+        )
+    if isinstance(exc, SynthesisError):
+        return SynthesisFailed(f"synthesis failed: {exc.args[0] if exc.args else exc}")
+    if isinstance(exc, RayActorError):
+        return Overloaded(
+            "a model replica became unavailable; retry shortly",
+            code="replica_unavailable",
+            headers={"Retry-After": "1"},
+        )
+    logger.error("Unexpected failure during synthesis", exc_info=exc)
+    return ChorusError("internal server error", code="internal_error")
+
+
+def _unspeakable() -> BadRequest:
+    return BadRequest("input has no speakable text", param="input", code="unspeakable_input")
+
+
 @serve.deployment(
     max_ongoing_requests=256,
     ray_actor_options={"num_cpus": 0.25},
@@ -116,6 +157,7 @@ class Ingress:
         self.frontends = {
             vid: TextFrontend(info, self.config.max_item_chars) for vid, info in self.voices.items()
         }
+        self.backlog = Backlog()
 
     def _voice(self, name: str) -> VoiceInfo:
         voice_id = name if name in self.voices else self.aliases.get(name)
@@ -146,8 +188,40 @@ class Ingress:
         },
     )
     async def create_speech(self, request: Request) -> Response:
-        """Generate audio from text (OpenAI-compatible)."""
+        """Generate audio from text (OpenAI-compatible); whole, streamed, or as events."""
         req = parse_speech_request(await read_json_body(request, self.config.max_body_bytes))
+        voice, fmt, rate, sentences = self._plan(req)
+        voicing = Voicing.create(voice, req.speed, req.seed)
+        work = self.backlog.request(self.synthesizer.synthesize.remote)
+        tick = self.config.heartbeat_s if req.stream_format == "sse" else None
+        events = self._speech(work, voice, sentences, voicing, tick)
+        headers = {"X-Chorus-Voice": voice.id, "X-Chorus-Sample-Rate": str(rate)}
+        if req.stream_format is None:
+            return await self._whole(events, req, voice.sample_rate, fmt, rate, headers)
+        encoder = audio.StreamEncoder(fmt, voice.sample_rate, rate)
+        if req.stream_format == "sse":
+            return StreamingResponse(
+                sse_body(events, encoder, work.ahead, as_chorus_error),
+                media_type="text/event-stream",
+                headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        # NOTE: the status line waits for the first sentence, so an early failure (overload,
+        # timeout, bad sentence) is still a proper error response.
+        try:
+            first = await anext(events)
+        except StopAsyncIteration:
+            raise _unspeakable() from None
+        except Exception as exc:
+            raise as_chorus_error(exc) from None
+        assert first is not None  # ticks come only with an SSE heartbeat
+        return StreamingResponse(
+            audio_body(first, events, encoder, as_chorus_error),
+            media_type=fmt.media_type,
+            headers=headers,
+        )
+
+    def _plan(self, req: SpeechRequest) -> tuple[VoiceInfo, audio.AudioFormat, int, list[str]]:
+        """Everything about a request that can be refused before any work starts."""
         if req.model not in self.config.models:
             raise BadRequest(
                 f"unknown model {req.model[:64]!r}; available: {', '.join(self.config.models)}",
@@ -166,62 +240,81 @@ class Ingress:
             rate = audio.output_rate(fmt, voice.sample_rate, req.sample_rate)
         except ValueError as exc:
             raise BadRequest(str(exc), param="sample_rate") from None
-        frontend = self.frontends[voice.id]
         try:
-            sentences = frontend.prepare(req.input)
+            sentences = self.frontends[voice.id].prepare(req.input)
         except TextError as exc:
             raise BadRequest(str(exc), param="input", code="unspeakable_input") from None
+        return voice, fmt, rate, sentences
 
-        voicing = Voicing.create(voice, req.speed, req.seed)
-        chunks = await self._synthesize(frontend, sentences, voicing)
-        if not chunks:
-            raise BadRequest("input has no speakable text", param="input", code="unspeakable_input")
+    async def _speech(
+        self,
+        work: RequestWork,
+        voice: VoiceInfo,
+        sentences: list[str],
+        voicing: Voicing,
+        tick_s: float | None,
+    ) -> AsyncIterator[Spoken | None]:
+        """The request's sentences as they are ready (None: a heartbeat is due). Closing this
+        cancels whatever the request still has queued."""
+        try:
+            audio_in_order = ordered_audio(
+                self.frontends[voice.id].sentences(sentences),
+                voicing,
+                work,
+                self.config.lookahead_items,
+            )
+            parts = spoken(audio_in_order, voice.sample_rate, self.config.sentence_pause_s)
+            async for part in paced(parts, tick_s, self.config.request_timeout_s):
+                yield part
+        finally:
+            work.close()
+
+    async def _whole(
+        self,
+        events: AsyncIterator[Spoken | None],
+        req: SpeechRequest,
+        voice_rate: int,
+        fmt: audio.AudioFormat,
+        rate: int,
+        headers: dict[str, str],
+    ) -> Response:
+        try:
+            parts = [part async for part in events if part is not None]
+        except Exception as exc:
+            raise as_chorus_error(exc) from None
+        if not parts:
+            raise _unspeakable()
         # NOTE: joining, resampling and encoding minutes of audio must not stall the event loop.
         body, seconds = await asyncio.to_thread(
-            render, chunks, voice.sample_rate, fmt, rate, self.config.sentence_pause_s
+            render, [p.audio for p in parts], voice_rate, fmt, rate
         )
-        return Response(
-            body,
-            media_type=fmt.media_type,
-            headers={
-                "X-Chorus-Voice": voice.id,
-                "X-Chorus-Sample-Rate": str(rate),
-                "X-Chorus-Sentences": str(len(chunks)),
-                "X-Chorus-Audio-Seconds": f"{seconds:.3f}",
-            },
-        )
+        if req.timings:
+            answer = SpeechWithTimings(
+                audio=base64.b64encode(body).decode(),
+                media_type=fmt.media_type,
+                sample_rate=rate,
+                audio_seconds=round(seconds, 3),
+                sentences=[SentenceTiming(**p.timing()) for p in parts],
+            )
+            return JSONResponse(answer.model_dump(), headers=headers)
+        headers |= {
+            "X-Chorus-Sentences": str(len(parts)),
+            "X-Chorus-Audio-Seconds": f"{seconds:.3f}",
+        }
+        return Response(body, media_type=fmt.media_type, headers=headers)
 
-    async def _synthesize(
-        self, frontend: TextFrontend, sentences: list[str], voicing: Voicing
-    ) -> list[Any]:
-        chunks = []
-        try:
-            async with asyncio.timeout(self.config.request_timeout_s):
-                async for _, pcm in ordered_audio(
-                    frontend.sentences(sentences),
-                    voicing,
-                    self.synthesizer.synthesize.remote,
-                    self.config.lookahead_items,
-                ):
-                    chunks.append(pcm)
-        except TimeoutError:
-            raise DeadlineExceeded(
-                f"speech took longer than {self.config.request_timeout_s:g} s"
-            ) from None
-        except BackPressureError:
-            raise Overloaded(
-                "the model replicas' queues are full; retry shortly",
-                headers={"Retry-After": "1"},
-            ) from None
-        except SynthesisError as exc:
-            raise SynthesisFailed(f"synthesis failed: {exc.args[0] if exc.args else exc}") from None
-        except RayActorError:
-            raise Overloaded(
-                "a model replica became unavailable; retry shortly",
-                code="replica_unavailable",
-                headers={"Retry-After": "1"},
-            ) from None
-        return chunks
+    @app.get("/v1/queue", response_model=QueueInfo)
+    async def queue(self) -> QueueInfo:
+        """This ingress replica's outstanding work, and the wait a new request would see."""
+        state = self.backlog.state()
+        rate = state.phonemes_per_s
+        return QueueInfo(
+            requests=self.backlog.requests,
+            items=state.items,
+            phonemes=state.phonemes,
+            phonemes_per_s=None if rate is None else round(rate, 1),
+            estimated_wait_s=state.wait_s(),
+        )
 
     @app.get("/v1/models", response_model=ModelList)
     async def list_models(self) -> ModelList:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .audio import SUPPORTED
 
@@ -34,13 +34,22 @@ class SpeechRequest(BaseModel):
     instructions: str | None = Field(
         None, max_length=4096, description="Accepted for compatibility; Piper voices ignore it."
     )
-    stream_format: Literal["audio"] | None = Field(
-        None, description="'audio' (the default): the response body is the audio file."
+    stream_format: Literal["audio", "sse"] | None = Field(
+        None,
+        description="Omitted: the whole audio file in one response. 'audio': the audio is "
+        "streamed (chunked) as sentences are ready. 'sse': server-sent events - "
+        "speech.audio.delta (base64 audio), speech.audio.done (usage), and Chorus's "
+        "speech.queue, speech.sentence (timings) and error events.",
     )
     seed: Seed | None = Field(
         None,
         description="Chorus extension: the same seed, text, voice and speed give the same "
         "audio, whatever else the server is doing.",
+    )
+    timings: bool = Field(
+        False,
+        description="Chorus extension: answer with JSON holding the base64 audio and each "
+        "sentence's start and end in it (not with stream_format 'audio'; SSE always has them).",
     )
     sample_rate: SampleRate | None = Field(
         None,
@@ -57,6 +66,48 @@ class SpeechRequest(BaseModel):
                 f"unsupported response_format {value!r}{hint}; use one of {', '.join(SUPPORTED)}"
             )
         return value
+
+    @model_validator(mode="after")
+    def _timings_need_a_json_answer(self) -> SpeechRequest:
+        if self.timings and self.stream_format == "audio":
+            raise ValueError(
+                "timings cannot be sent with stream_format 'audio'; use 'sse', whose "
+                "speech.sentence events carry them"
+            )
+        return self
+
+
+class SentenceTiming(BaseModel):
+    index: int
+    text: str
+    start_s: float = Field(description="Where the sentence's speech starts in the audio.")
+    end_s: float
+
+
+class SpeechWithTimings(BaseModel):
+    """The answer to a request with `timings: true`."""
+
+    object: Literal["speech"] = "speech"
+    audio: str = Field(description="The audio file, base64.")
+    media_type: str
+    sample_rate: int
+    audio_seconds: float
+    sentences: list[SentenceTiming]
+
+
+class QueueInfo(BaseModel):
+    """Work this ingress replica has sent to the model replicas and not yet got back."""
+
+    object: Literal["queue"] = "queue"
+    requests: int = Field(description="Requests in progress (streams included).")
+    items: int = Field(description="Sentence items queued or being synthesized.")
+    phonemes: int = Field(description="Their size in phoneme ids (the model's input tokens).")
+    phonemes_per_s: float | None = Field(
+        description="Measured drain rate while busy; null before any work finished."
+    )
+    estimated_wait_s: float | None = Field(
+        description="How long a new request would wait for its first sentence."
+    )
 
 
 class ModelCard(BaseModel):

@@ -1,13 +1,16 @@
-"""One request's life: sentence items out with a bounded look-ahead, ordered audio back."""
+"""One request's life: sentence items out with a growing look-ahead window, ordered audio back,
+laid out in time, paced with heartbeats and a deadline, and cancelled when abandoned."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -18,6 +21,7 @@ from .voices import VoiceInfo
 
 # submit(item) -> an awaitable with .cancel(), e.g. a Ray Serve DeploymentResponse.
 Submit = Callable[[SynthesisItem], Any]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,13 @@ def item_seed(request_seed: int, index: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
+# NOTE: a new request may have only this many items queued; its window then grows by one per
+# sentence delivered, up to `lookahead`. Under load every request's first sentence is then
+# near the front of the queue (time to first audio), while a request that is already
+# streaming keeps enough items in flight to fill batches.
+START_WINDOW = 2
+
+
 async def ordered_audio(
     sentences: AsyncIterator[Sentence],
     voicing: Voicing,
@@ -61,12 +72,14 @@ async def ordered_audio(
     so the replicas drop them before their batch runs.
     """
     pending: deque[tuple[Sentence, Any]] = deque()
+    delivered = 0
     try:
         async for sentence in sentences:
             pending.append((sentence, submit(voicing.item(sentence))))
-            if len(pending) >= lookahead:
+            while len(pending) >= min(lookahead, START_WINDOW + delivered):
                 sentence, response = pending.popleft()
                 yield sentence, await response
+                delivered += 1
         while pending:
             sentence, response = pending.popleft()
             yield sentence, await response
@@ -75,22 +88,89 @@ async def ordered_audio(
             response.cancel()
 
 
-def render(
-    chunks: list[np.ndarray], voice_rate: int, fmt: audio.AudioFormat, rate: int, pause_s: float
-) -> tuple[bytes, float]:
-    """The response body for a request's sentence audio, and its length in seconds."""
-    pcm = audio.resample(join_sentences(chunks, voice_rate, pause_s), voice_rate, rate)
-    return audio.encode(pcm, rate, fmt), pcm.size / rate
+@dataclass(frozen=True)
+class Spoken:
+    """One sentence's part of the response audio, and where its speech sits in time."""
+
+    index: int
+    text: str
+    audio: np.ndarray  # at the voice's rate, led by the pause before it (not the first)
+    start_s: float  # offsets of the speech in the response audio
+    end_s: float
+    phonemes: int
+
+    def timing(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "text": self.text,
+            "start_s": round(self.start_s, 3),
+            "end_s": round(self.end_s, 3),
+        }
 
 
-def join_sentences(chunks: list[np.ndarray], rate: int, pause_s: float) -> np.ndarray:
-    """Sentence audio joined with a short silence between sentences."""
-    if not chunks:
-        return np.zeros(0, dtype=np.float32)
+async def spoken(
+    audio: AsyncIterator[tuple[Sentence, np.ndarray]], rate: int, pause_s: float
+) -> AsyncIterator[Spoken]:
+    """Sentence audio laid end to end with a short pause between sentences."""
     gap = np.zeros(int(round(pause_s * rate)), dtype=np.float32)
-    parts: list[np.ndarray] = []
-    for i, chunk in enumerate(chunks):
-        if i:
-            parts.append(gap)
-        parts.append(chunk.astype(np.float32, copy=False))
-    return np.concatenate(parts)
+    offset = 0  # samples so far
+    async for sentence, pcm in audio:
+        lead = gap if offset else gap[:0]
+        part = np.concatenate([lead, pcm.astype(np.float32, copy=False)])
+        start = offset + lead.size
+        offset += part.size
+        phonemes = len(sentence.phoneme_ids)
+        yield Spoken(sentence.index, sentence.text, part, start / rate, offset / rate, phonemes)
+
+
+async def paced(
+    source: AsyncIterator[T], tick_s: float | None, timeout_s: float
+) -> AsyncIterator[T | None]:
+    """`source`'s items, produced by a task of their own; None whenever `tick_s` passes
+    without one (a chance to send a heartbeat). TimeoutError once `timeout_s` has passed.
+
+    Closing this (client gone, error) cancels the task, and so `source`'s pending work.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    queue: asyncio.Queue[tuple[Any, BaseException | None]] = asyncio.Queue(maxsize=1)
+    end = object()
+
+    async def pump() -> None:
+        try:
+            async for item in source:
+                await queue.put((item, None))
+            await queue.put((end, None))
+        except Exception as exc:  # handed to the consumer, which maps it to an HTTP error
+            await queue.put((end, exc))
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            wait = deadline - loop.time()
+            if wait <= 0:
+                raise TimeoutError(f"not finished within {timeout_s:g} s")
+            try:
+                item, error = await asyncio.wait_for(queue.get(), min(tick_s or wait, wait))
+            except TimeoutError:
+                if tick_s is not None and loop.time() < deadline:
+                    yield None
+                continue
+            if error is not None:
+                raise error
+            if item is end:
+                return
+            yield item
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def render(
+    parts: list[np.ndarray], voice_rate: int, fmt: audio.AudioFormat, rate: int
+) -> tuple[bytes, float]:
+    """The whole response body for a request's sentence audio, and its length in seconds."""
+    joined = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    pcm = audio.resample(joined, voice_rate, rate)
+    return audio.encode(pcm, rate, fmt), pcm.size / rate

@@ -65,6 +65,8 @@ class Synthesizer:
         # NOTE: one worker thread: the event loop stays free to take items, cancellations and
         # health checks while a batch runs, and batches never overlap.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="chorus-engine")
+        self.items_run = 0  # sentence items the engine has been given, ever
+        self.batches_run = 0
         self.reconfigure({})  # defaults until Serve passes the deployment's user_config
         logger.info("Synthesizer ready on %s with voices %s", self.device, self.engine.voices)
 
@@ -92,6 +94,8 @@ class Synthesizer:
         return await loop.run_in_executor(self._executor, self._run, items)
 
     def _run(self, items: list[SynthesisItem]) -> list[np.ndarray | BaseException]:
+        self.items_run += len(items)
+        self.batches_run += 1
         try:
             return list(self.engine.synthesize(items))
         except Exception:
@@ -104,6 +108,10 @@ class Synthesizer:
 
     async def ready(self) -> dict[str, Any]:
         return {"device": self.device, "voices": self.engine.voices}
+
+    async def stats(self) -> dict[str, int]:
+        """Work done so far: a cancelled item that was dropped never counts."""
+        return {"items": self.items_run, "batches": self.batches_run}
 
     def check_health(self) -> None:
         if not self.engine.voices:

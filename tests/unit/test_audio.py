@@ -50,3 +50,50 @@ def test_sample_rate_rules() -> None:
 def test_clipping_never_wraps_around() -> None:
     loud = np.array([1.5, -1.5, 0.0], dtype=np.float32)
     assert list(np.frombuffer(audio.to_pcm16(loud), "<i2")) == [32767, -32767, 0]
+
+
+# Sentence-sized pieces of different lengths, as a stream receives them.
+PIECES = np.split(np.tile(TONE, 3), [5000, 5001, 30000, 41234])
+
+
+def stream(name: str, rate: int) -> tuple[bytes, list[bytes]]:
+    encoder = audio.StreamEncoder(audio.FORMATS[name], RATE, rate)
+    chunks = [encoder.write(piece) for piece in PIECES]
+    chunks.append(encoder.close())
+    assert encoder.samples == len(audio.resample(np.concatenate(PIECES), RATE, rate))
+    return b"".join(chunks), chunks
+
+
+def whole(name: str, rate: int) -> bytes:
+    return audio.encode(
+        audio.resample(np.concatenate(PIECES), RATE, rate), rate, audio.FORMATS[name]
+    )
+
+
+@pytest.mark.parametrize("rate", [RATE, 24000, 8000])
+def test_streamed_pcm_is_the_whole_pcm_byte_for_byte(rate: int) -> None:
+    body, chunks = stream("pcm", rate)
+    assert body == whole("pcm", rate)
+    assert len(chunks[0]) > 0  # the first piece is out before the rest exists
+
+
+@pytest.mark.parametrize("name", ["wav", "opus", "mp3"])
+def test_streamed_files_decode_progressively(name: str) -> None:
+    rate = audio.output_rate(audio.FORMATS[name], RATE, None)
+    body, chunks = stream(name, rate)
+    data, got_rate = decode(body)
+    expected, _ = decode(whole(name, rate))
+    assert got_rate == rate
+    assert sum(map(len, chunks[:-1])) > len(body) / 2  # most bytes leave before close
+    if name == "wav":
+        assert np.array_equal(data, expected)
+    elif name == "opus":
+        assert len(data) == len(expected)
+    else:  # a streamed mp3 has no gapless header: encoder delay and padding stay in
+        assert 0 <= len(data) - len(expected) < 3 * 1152
+
+
+def test_flac_is_sent_whole_at_the_end() -> None:
+    body, chunks = stream("flac", RATE)
+    assert chunks[:-1] == [b""] * len(PIECES)
+    assert np.array_equal(decode(body)[0], decode(whole("flac", RATE))[0])

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from serve_app.speech import Voicing, item_seed, join_sentences, ordered_audio
+from serve_app.speech import START_WINDOW, Voicing, item_seed, ordered_audio, paced, spoken
 from serve_app.text import Sentence
 from serve_app.voices import VoiceInfo
 
@@ -59,7 +59,20 @@ def test_audio_comes_back_in_order_with_bounded_lookahead() -> None:
         return [s.index async for s, _ in ordered_audio(sentences(10), voicing, replica.submit, 3)]
 
     assert asyncio.run(run()) == list(range(10))
-    assert replica.max_in_flight <= 3
+    assert replica.max_in_flight == 3
+
+
+def test_window_starts_small_and_grows_with_each_sentence_delivered() -> None:
+    replica = FakeReplica()
+    voicing = Voicing(VOICE, 1.0, 42)
+
+    async def run():
+        in_flight = []  # items sent and not yet handed over, as each sentence is handed over
+        async for sentence, _ in ordered_audio(sentences(12), voicing, replica.submit, 6):
+            in_flight.append(len(replica.submitted) - sentence.index)
+        return in_flight
+
+    assert asyncio.run(run()) == [2, 3, 4, 5, 6, 6, 6, 5, 4, 3, 2, 1]
 
 
 def test_abandoned_request_cancels_its_pending_items() -> None:
@@ -73,8 +86,8 @@ def test_abandoned_request_cancels_its_pending_items() -> None:
         await asyncio.sleep(0.01)
 
     asyncio.run(run())
-    assert len(replica.submitted) == 4
-    assert replica.cancelled == 3 and replica.in_flight == 0
+    assert len(replica.submitted) == START_WINDOW
+    assert replica.cancelled == START_WINDOW - 1 and replica.in_flight == 0
 
 
 def test_seeds_are_per_sentence_and_reproducible() -> None:
@@ -86,6 +99,66 @@ def test_seeds_are_per_sentence_and_reproducible() -> None:
     assert Voicing.create(VOICE, 1.0, None).seed != Voicing.create(VOICE, 1.0, None).seed
 
 
-def test_sentences_are_joined_with_a_pause() -> None:
-    out = join_sentences([np.ones(10, np.float32), np.ones(5, np.float32)], 100, 0.1)
-    assert out.tolist() == [1.0] * 10 + [0.0] * 10 + [1.0] * 5
+def test_sentences_are_laid_out_with_a_pause_and_their_offsets() -> None:
+    async def audio():
+        yield Sentence(0, "a", (1, 2)), np.ones(10, np.float32)
+        yield Sentence(1, "b", (1,)), np.ones(5, np.float32)
+
+    async def run():
+        return [part async for part in spoken(audio(), 100, 0.1)]
+
+    first, second = asyncio.run(run())
+    joined = np.concatenate([first.audio, second.audio])
+    assert joined.tolist() == [1.0] * 10 + [0.0] * 10 + [1.0] * 5
+    assert (first.start_s, first.end_s) == (0.0, 0.1)
+    assert (second.start_s, second.end_s) == (0.2, 0.25)
+    assert second.timing() == {"index": 1, "text": "b", "start_s": 0.2, "end_s": 0.25}
+
+
+async def slow_source(cleaned: list[str], delays: list[float]):
+    try:
+        for i, delay in enumerate(delays):
+            await asyncio.sleep(delay)
+            yield i
+    finally:
+        cleaned.append("source closed")
+
+
+def test_paced_ticks_while_waiting_and_passes_items_through() -> None:
+    async def run():
+        return [x async for x in paced(slow_source([], [0.0, 0.35, 0.0]), 0.1, 10)]
+
+    out = asyncio.run(run())
+    assert [x for x in out if x is not None] == [0, 1, 2]
+    assert 2 <= out.count(None) <= 4 and out.index(1) > out.index(None)
+
+
+def test_paced_times_out_and_stops_its_source() -> None:
+    cleaned: list[str] = []
+
+    async def run():
+        async for _ in paced(slow_source(cleaned, [0.0, 30.0]), None, 0.2):
+            pass
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(run())
+    assert cleaned == ["source closed"]
+
+
+def test_closing_paced_stops_its_source_and_errors_reach_the_consumer() -> None:
+    cleaned: list[str] = []
+
+    async def failing():
+        yield 1
+        raise RuntimeError("replica gone")
+
+    async def run():
+        stream = paced(slow_source(cleaned, [0.0, 30.0]), 0.05, 60)
+        assert await anext(stream) == 0
+        await stream.aclose()
+        with pytest.raises(RuntimeError, match="replica gone"):
+            async for _ in paced(failing(), None, 60):
+                pass
+
+    asyncio.run(run())
+    assert cleaned == ["source closed"]

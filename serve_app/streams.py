@@ -1,0 +1,120 @@
+"""Transport of a streamed response: chunked audio bytes, or server-sent events (OpenAI's
+`speech.audio.delta` / `speech.audio.done`, plus Chorus's queue, sentence and error events).
+
+The bodies here own encoding and framing only; `speech.paced` owns the work, and closing a
+body (client gone) closes it, which cancels the request's queued sentence items.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from .audio import StreamEncoder
+from .backlog import QueueState
+from .errors import ChorusError
+from .speech import Spoken
+
+logger = logging.getLogger("ray.serve.chorus.streams")
+
+HEARTBEAT = b": keep-alive\n\n"  # an SSE comment: clients ignore it, proxies see traffic
+SAMPLES_PER_FRAME = 256  # a Piper frame (the vocoder's hop): the unit of `output_tokens`
+
+Events = AsyncIterator[Spoken | None]  # None: time for a heartbeat
+
+
+async def audio_body(
+    first: Spoken,
+    rest: Events,
+    encoder: StreamEncoder,
+    as_error: Callable[[Exception], ChorusError],
+) -> AsyncIterator[bytes]:
+    """The encoded audio, sentence by sentence.
+
+    A failure after the first bytes cannot change the status any more: the body is cut off
+    (no final chunk), so the client sees a broken transfer rather than a short file.
+    """
+    try:
+        for part in [first]:
+            if data := await asyncio.to_thread(encoder.write, part.audio):
+                yield data
+        async for part in rest:
+            if part is not None and (data := await asyncio.to_thread(encoder.write, part.audio)):
+                yield data
+        if data := await asyncio.to_thread(encoder.close):
+            yield data
+    except Exception as exc:
+        logger.warning("Audio stream cut off after it started: %s", as_error(exc).message)
+        raise
+    finally:
+        await rest.aclose()
+
+
+async def sse_body(
+    events: Events,
+    encoder: StreamEncoder,
+    ahead: Callable[[], QueueState],
+    as_error: Callable[[Exception], ChorusError],
+) -> AsyncIterator[bytes]:
+    """Queue updates until the first audio, then a delta and a timing event per sentence,
+    then `speech.audio.done`; an `error` event if anything fails on the way."""
+    phonemes = frames = sentences = 0
+    try:
+        yield _queue_event(ahead())
+        async for part in events:
+            if part is None:
+                yield _queue_event(ahead()) if not sentences else HEARTBEAT
+                continue
+            if data := await asyncio.to_thread(encoder.write, part.audio):
+                yield _delta(data)
+            yield event({"type": "speech.sentence", **part.timing()})
+            sentences += 1
+            phonemes += part.phonemes
+            frames += part.audio.size // SAMPLES_PER_FRAME
+        if data := await asyncio.to_thread(encoder.close):
+            yield _delta(data)
+        yield event(
+            {
+                "type": "speech.audio.done",
+                "usage": {
+                    "input_tokens": phonemes,
+                    "output_tokens": frames,
+                    "total_tokens": phonemes + frames,
+                },
+                "sentences": sentences,
+                "audio_seconds": round(encoder.samples / encoder.rate, 3),
+            }
+        )
+    except Exception as exc:
+        error = as_error(exc)
+        logger.warning("SSE stream failed after it started: %s", error.message)
+        payload: dict[str, Any] = {"type": "error", **error.envelope(), "status": error.status}
+        if "Retry-After" in error.headers:
+            payload["retry_after_s"] = int(error.headers["Retry-After"])
+        yield event(payload)
+    finally:
+        await events.aclose()
+
+
+def event(payload: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+
+
+def _delta(data: bytes) -> bytes:
+    return event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+
+
+def _queue_event(state: QueueState) -> bytes:
+    wait = state.wait_s()
+    return event(
+        {
+            "type": "speech.queue",
+            "position": state.items,
+            "phonemes_ahead": state.phonemes,
+            "estimated_start_s": None if wait is None else round(wait, 2),
+        }
+    )
