@@ -137,7 +137,7 @@ class Tracked(Awaitable[T]):
     def __init__(self, response: Awaitable[T], ticket: int, on_end: Callable[[bool], None]) -> None:
         self.ticket = ticket  # submission order: work with a smaller ticket is ahead of it
         self._response = response
-        self._task = asyncio.ensure_future(self._wait())
+        self._task = asyncio.create_task(self._wait(), name="chorus-item")
         self._task.add_done_callback(
             lambda task: on_end(not task.cancelled() and task.exception() is None)
         )

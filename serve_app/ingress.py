@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -175,8 +176,13 @@ class Ingress:
         response_class=Response,
         responses={
             200: {
-                "content": {f.media_type: {} for f in audio.FORMATS.values()},
-                "description": "The audio",
+                "content": {
+                    **{f.media_type: {} for f in audio.FORMATS.values()},
+                    "text/event-stream": {},
+                    "application/json": {"schema": SpeechWithTimings.model_json_schema()},
+                },
+                "description": "The audio file; with stream_format, the audio streamed or as "
+                "server-sent events; with timings, JSON.",
             },
             **_ERRORS,
         },
@@ -315,6 +321,12 @@ class Ingress:
             phonemes_per_s=None if rate is None else round(rate, 1),
             estimated_wait_s=state.wait_s(),
         )
+
+    async def live_tasks(self) -> dict[str, int]:
+        """Chorus's own asyncio tasks alive in this replica, by name (a handle-only diagnostic:
+        once every request has ended, it is empty)."""
+        names = [t.get_name() for t in asyncio.all_tasks()]
+        return dict(Counter(n for n in names if n.startswith("chorus-")))
 
     @app.get("/v1/models", response_model=ModelList)
     async def list_models(self) -> ModelList:

@@ -144,7 +144,7 @@ async def paced(
         except Exception as exc:  # handed to the consumer, which maps it to an HTTP error
             await queue.put((end, exc))
 
-    task = asyncio.create_task(pump())
+    task = asyncio.create_task(pump(), name="chorus-speech")
     try:
         while True:
             wait = deadline - loop.time()

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import httpx
 import pytest
+from ray import serve
 
-from serve_app.app import build_app
+from serve_app.app import bind_app, build_app
+from serve_app.config import parse_app_args
 from serve_app.local import deploy_args, running_chorus
+from tests.fakes import FakeEngine
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +45,30 @@ def assert_envelope(response: httpx.Response, status: int | None = None) -> dict
     assert isinstance(error["message"], str) and error["message"]
     assert "Traceback" not in error["message"]
     return error
+
+
+@contextmanager
+def fake_app(
+    server: str, name: str, args: dict[str, Any] | None = None, delay_s: float = 0.3, **options
+) -> Iterator[str]:
+    """Another app on the session's Ray instance, with the fake engine (`delay_s` per batch)."""
+    app = bind_app(
+        parse_app_args(args or {}),
+        engine_cls=FakeEngine,
+        engine_kwargs={"delay_s": delay_s},
+        synthesizer_options={"ray_actor_options": {"num_cpus": 0}, **options},
+    )
+    serve.run(app, name=name, route_prefix=f"/{name}")
+    try:
+        yield f"{server}/{name}"
+    finally:
+        serve.delete(name)
+
+
+def sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """The events of an SSE body, line by line; a comment line is {"type": "comment"}."""
+    for line in lines:
+        if line.startswith("data: "):
+            yield json.loads(line.removeprefix("data: "))
+        elif line.startswith(":"):
+            yield {"type": "comment"}

@@ -3,35 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
 import pytest
-from ray import serve
 
-from serve_app.app import bind_app
-from serve_app.config import parse_app_args
-from tests.fakes import FakeEngine
-from tests.integration.conftest import assert_envelope
+from tests.integration.conftest import assert_envelope, fake_app
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@contextmanager
-def fake_app(server: str, name: str, **options) -> Iterator[str]:
-    """Another app on the session's Ray instance, with the fake engine (0.3 s per batch)."""
-    app = bind_app(
-        parse_app_args({}),
-        engine_cls=FakeEngine,
-        engine_kwargs={"delay_s": 0.3},
-        synthesizer_options={"ray_actor_options": {"num_cpus": 0}, **options},
-    )
-    serve.run(app, name=name, route_prefix=f"/{name}")
-    try:
-        yield f"{server}/{name}"
-    finally:
-        serve.delete(name)
 
 
 async def post_all(url: str, inputs: list[str]) -> list[httpx.Response]:
