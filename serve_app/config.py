@@ -107,7 +107,14 @@ class AppConfig(_Warned):
         description="Longest sentence item; longer sentences are split at clauses, then words.",
     )
     lookahead_items: int = Field(
-        8, ge=1, le=256, description="Sentence items of one request in flight at once."
+        8, ge=1, le=256, description="Sentence items of one request in flight at once (most)."
+    )
+    lookahead_start_items: int = Field(
+        2,
+        ge=1,
+        le=256,
+        description="Items a new request may have in flight; one more per sentence delivered, "
+        "up to lookahead_items. Small keeps everyone's first audio early under load.",
     )
     request_timeout_s: float = Field(
         300.0, gt=0, description="A request still unfinished after this long fails with 504."

@@ -268,6 +268,7 @@ class Ingress:
                 voicing,
                 work,
                 self.config.lookahead_items,
+                self.config.lookahead_start_items,
             )
             parts = spoken(audio_in_order, voice.sample_rate, self.config.sentence_pause_s)
             async for part in paced(parts, tick_s, self.config.request_timeout_s):

@@ -53,20 +53,19 @@ def item_seed(request_seed: int, index: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-# NOTE: a new request may have only this many items queued; its window then grows by one per
-# sentence delivered, up to `lookahead`. Under load every request's first sentence is then
-# near the front of the queue (time to first audio), while a request that is already
-# streaming keeps enough items in flight to fill batches.
-START_WINDOW = 2
-
-
 async def ordered_audio(
     sentences: AsyncIterator[Sentence],
     voicing: Voicing,
     submit: Submit,
     lookahead: int,
+    start: int = 2,
 ) -> AsyncIterator[tuple[Sentence, np.ndarray]]:
     """Each sentence's audio, strictly in order, with at most `lookahead` items in flight.
+
+    NOTE: a new request has at most `start` items in flight; its window grows by one per
+    sentence delivered. Under load every request's first sentence is then near the front of
+    the queue (time to first audio), while a request already streaming keeps enough items
+    in flight to fill batches.
 
     If the consumer stops (client gone, error, timeout), items not yet finished are cancelled,
     so the replicas drop them before their batch runs.
@@ -76,7 +75,7 @@ async def ordered_audio(
     try:
         async for sentence in sentences:
             pending.append((sentence, submit(voicing.item(sentence))))
-            while len(pending) >= min(lookahead, START_WINDOW + delivered):
+            while len(pending) >= min(lookahead, start + delivered):
                 sentence, response = pending.popleft()
                 yield sentence, await response
                 delivered += 1

@@ -42,7 +42,10 @@ CASES = {
         400,
         "sample_rate",
     ),
-    "stream_format sse (not yet)": (with_(stream_format="sse"), 400, "stream_format"),
+    "unknown voice, as sse": (with_(voice="nobody", stream_format="sse"), 400, "voice"),
+    "unknown stream_format": (with_(stream_format="websocket"), 400, "stream_format"),
+    "timings with streamed audio": (with_(stream_format="audio", timings=True), 400, None),
+    "timings not a boolean": (with_(timings="yes"), 400, "timings"),
     "malformed JSON": (b'{"model": "tts-1", "input": "Hi",', 400, None),
     "JSON array": (b'["tts-1"]', 400, None),
     "non-UTF-8 bytes": (
