@@ -12,9 +12,10 @@ test: $(STAMP)  ## lint, then every test
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)  ## engine and server benchmarks (load_tests/)
-	$(BIN)/python load_tests/bench_engine.py
-	$(BIN)/python load_tests/bench_server.py
+bench: $(STAMP)  ## engine, server and streaming benchmarks (load_tests/)
+	$(BIN)/python -m load_tests.bench_engine
+	$(BIN)/python -m load_tests.bench_server
+	$(BIN)/python -m load_tests.bench_streaming
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
