@@ -13,10 +13,11 @@ so the wait estimate holds; positions are then positions among this replica's re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -51,12 +52,20 @@ class Backlog:
         self._busy_total = 0.0  # seconds during which something was outstanding
         self._busy_since = 0.0
         self._done: deque[tuple[float, int]] = deque()  # (busy clock, phonemes) of finished work
-        self.requests = 0  # open RequestWork
+        self.requests = 0  # requests whose work is running (see `running`)
 
     def request(self, send: Callable[[SynthesisItem], Awaitable[Any]]) -> RequestWork:
-        """A new request's view of the backlog; close it when the request ends."""
-        self.requests += 1
+        """A new request's view of the backlog."""
         return RequestWork(self, send)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Counts a request in `requests` while its work runs."""
+        self.requests += 1
+        try:
+            yield
+        finally:
+            self.requests -= 1
 
     def track(self, response: Awaitable[T], phonemes: int) -> Tracked[T]:
         """Wrap a replica call so the backlog sees it leave, whether done, failed or cancelled."""
@@ -110,12 +119,6 @@ class RequestWork:
         self._backlog = backlog
         self._send = send
         self._first: int | None = None
-        self._open = True
-
-    def close(self) -> None:
-        if self._open:
-            self._open = False
-            self._backlog.requests -= 1
 
     def __call__(self, item: SynthesisItem) -> Tracked[Any]:
         tracked = self._backlog.track(self._send(item), len(item.phoneme_ids))

@@ -5,6 +5,7 @@
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 from collections import Counter
@@ -262,7 +263,7 @@ class Ingress:
     ) -> AsyncIterator[Spoken | None]:
         """The request's sentences as they are ready (None: a heartbeat is due). Closing this
         cancels whatever the request still has queued."""
-        try:
+        with self.backlog.running():
             audio_in_order = ordered_audio(
                 self.frontends[voice.id].sentences(sentences),
                 voicing,
@@ -271,10 +272,10 @@ class Ingress:
                 self.config.lookahead_start_items,
             )
             parts = spoken(audio_in_order, voice.sample_rate, self.config.sentence_pause_s)
-            async for part in paced(parts, tick_s, self.config.request_timeout_s):
-                yield part
-        finally:
-            work.close()
+            events = paced(parts, tick_s, self.config.request_timeout_s)
+            async with contextlib.aclosing(events):
+                async for part in events:
+                    yield part
 
     async def _whole(
         self,

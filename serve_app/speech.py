@@ -113,13 +113,16 @@ async def spoken(
     """Sentence audio laid end to end with a short pause between sentences."""
     gap = np.zeros(int(round(pause_s * rate)), dtype=np.float32)
     offset = 0  # samples so far
-    async for sentence, pcm in audio:
-        lead = gap if offset else gap[:0]
-        part = np.concatenate([lead, pcm.astype(np.float32, copy=False)])
-        start = offset + lead.size
-        offset += part.size
-        phonemes = len(sentence.phoneme_ids)
-        yield Spoken(sentence.index, sentence.text, part, start / rate, offset / rate, phonemes)
+    # NOTE: closing this closes `audio` at once (not when the garbage collector gets to it),
+    # so the request's queued items are cancelled now. Same in `paced` and the ingress.
+    async with contextlib.aclosing(audio):
+        async for sentence, pcm in audio:
+            lead = gap if offset else gap[:0]
+            part = np.concatenate([lead, pcm.astype(np.float32, copy=False)])
+            start = offset + lead.size
+            offset += part.size
+            phonemes = len(sentence.phoneme_ids)
+            yield Spoken(sentence.index, sentence.text, part, start / rate, offset / rate, phonemes)
 
 
 async def paced(
@@ -137,8 +140,9 @@ async def paced(
 
     async def pump() -> None:
         try:
-            async for item in source:
-                await queue.put((item, None))
+            async with contextlib.aclosing(source):
+                async for item in source:
+                    await queue.put((item, None))
             await queue.put((end, None))
         except Exception as exc:  # handed to the consumer, which maps it to an HTTP error
             await queue.put((end, exc))

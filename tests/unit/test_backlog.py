@@ -72,7 +72,8 @@ def test_position_and_wait_come_from_work_ahead_and_measured_rate() -> None:
         replica.futures[2].set_result("audio")
         await asyncio.gather(first[1], mine)
         assert backlog.state().items == 0 and backlog.state().phonemes == 0
-        early.close(), late.close(), late.close()
+        with backlog.running(), backlog.running():
+            assert backlog.requests == 2
         assert backlog.requests == 0
 
     asyncio.run(run())
