@@ -39,9 +39,8 @@ async def audio_body(
     (no final chunk), so the client sees a broken transfer rather than a short file.
     """
     try:
-        for part in [first]:
-            if data := await asyncio.to_thread(encoder.write, part.audio):
-                yield data
+        if data := await asyncio.to_thread(encoder.write, first.audio):
+            yield data
         async for part in rest:
             if part is not None and (data := await asyncio.to_thread(encoder.write, part.audio)):
                 yield data

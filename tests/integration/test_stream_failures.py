@@ -75,6 +75,29 @@ def test_sse_failure_after_start_is_an_error_event_in_the_envelope(server: str) 
     assert len(audio) > 0
 
 
+def test_sse_when_queues_are_full_ends_with_a_503_error_event(server: str) -> None:
+    with fake_app(server, "ssefull", max_ongoing_requests=1, max_queued_requests=1) as url:
+
+        async def many() -> list[list[dict]]:
+            async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+
+                async def one(i: int) -> list[dict]:
+                    request = body(f"Sentence {i}. And one more.", stream_format="sse")
+                    async with c.stream("POST", "/v1/audio/speech", json=request) as r:
+                        assert r.status_code == 200
+                        return list(sse_events(iter([x async for x in r.aiter_lines()])))
+
+                return await asyncio.gather(*(one(i) for i in range(8)))
+
+        streams = asyncio.run(many())
+    ends = [events[-1] for events in streams]
+    assert {e["type"] for e in ends} == {"speech.audio.done", "error"}, ends
+    for end in ends:
+        if end["type"] == "error":
+            assert end["status"] == 503 and end["error"]["code"] == "overloaded"
+            assert end["retry_after_s"] >= 1
+
+
 def test_chunked_audio_failure_is_an_error_status_before_start_and_a_cut_after(
     server: str,
 ) -> None:
