@@ -5,15 +5,17 @@
 
 A probe client sends `stream_format: audio` (pcm) requests one after another and times the
 first audio byte and the last. It runs alone, then beside `--load-clients` closed-loop clients
-sending one- to three-sentence requests. The whole run repeats for each starting look-ahead
-window (`lookahead_start_items`), so the effect of the window on first audio under load is
-measured in the same run.
+sending one- to three-sentence requests; under load it also compares the estimated start
+that SSE clients are shown (`speech.queue`) with their actual first audio. The whole run
+repeats for each starting look-ahead window (`lookahead_start_items`), so the effect of the
+window on first audio under load is measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import time
 
@@ -51,6 +53,26 @@ async def probe(c: httpx.AsyncClient, text: str, seed: int) -> tuple[float, floa
     return first, time.perf_counter() - t0, size / 2 / 24000
 
 
+async def estimate_probe(c: httpx.AsyncClient, text: str, seed: int) -> tuple[float, float]:
+    """(estimated start from the first `speech.queue` event, actual time to first audio)."""
+    body = {"model": "tts-1", "voice": "alloy", "input": text, "response_format": "pcm"}
+    t0 = time.perf_counter()
+    estimate = None
+    async with c.stream(
+        "POST", "/v1/audio/speech", json={**body, "stream_format": "sse", "seed": seed}
+    ) as r:
+        async for line in r.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            event = json.loads(line.removeprefix("data: "))
+            if event["type"] == "speech.queue" and estimate is None:
+                estimate = event["estimated_start_s"]
+            elif event["type"] == "speech.audio.delta":
+                first = time.perf_counter() - t0
+                break
+    return (float("nan") if estimate is None else estimate), first
+
+
 async def background(c: httpx.AsyncClient, stop: asyncio.Event, rng: random.Random, out: dict):
     while not stop.is_set():
         text = " ".join(rng.sample(SENTENCES, rng.randint(1, 3)))
@@ -86,6 +108,11 @@ async def measure(url: str, sizes: list[int], repeats: int, load_clients: int) -
                     "first_over_full": median(first) / median(full),
                 }
             )
+        if loaders:  # how good is the wait estimate a queued client is shown?
+            pairs = [await estimate_probe(c, text_of(1, k), 2000 + k) for k in range(repeats)]
+            for row in rows:
+                row["estimated_start_p50_s"] = median([p[0] for p in pairs])
+                row["sse_first_audio_p50_s"] = median([p[1] for p in pairs])
         stop.set()
         await asyncio.gather(*loaders)
     if loaders:
@@ -114,6 +141,13 @@ def main() -> None:
                 for row in asyncio.run(measure(url, sizes, args.repeats, clients)):
                     row["start_window"] = window
                     rows.append(row)
+                    if "estimated_start_p50_s" in row and row["sentences"] == sizes[-1]:
+                        print(
+                            f"start window {window}  load {clients:2d}  shown estimated start "
+                            f"p50 {row['estimated_start_p50_s']:.2f}s vs first audio p50 "
+                            f"{row['sse_first_audio_p50_s']:.2f}s",
+                            flush=True,
+                        )
                     print(
                         f"start window {window}  load {clients:2d}  {row['sentences']:2d} "
                         f"sentences ({row['audio_s']:5.1f} s audio): first audio p50 "
