@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from serve_app.backlog import Backlog
+from serve_app.backlog import Backlog, RequestWork
 from serve_app.engines.base import SynthesisItem
 
 pytestmark = pytest.mark.timeout(30)
@@ -51,6 +51,12 @@ class Replica:
         return self.responses[-1]
 
 
+def one_request() -> tuple[Clock, Replica, Backlog, RequestWork]:
+    clock, replica = Clock(), Replica()
+    backlog = Backlog(clock=clock)
+    return clock, replica, backlog, backlog.request(replica.send)
+
+
 def test_position_and_wait_come_from_work_ahead_and_measured_rate() -> None:
     async def run() -> None:
         clock, replica = Clock(), Replica()
@@ -81,9 +87,7 @@ def test_position_and_wait_come_from_work_ahead_and_measured_rate() -> None:
 
 def test_idle_time_does_not_slow_the_measured_rate() -> None:
     async def run() -> None:
-        clock, replica = Clock(), Replica()
-        backlog = Backlog(clock=clock)
-        work = backlog.request(replica.send)
+        clock, replica, backlog, work = one_request()
         pending = work(item(100))
         clock.now += 1.0
         replica.futures[-1].set_result(None)
@@ -100,9 +104,7 @@ def test_idle_time_does_not_slow_the_measured_rate() -> None:
 
 def test_cancelled_work_leaves_the_queue_and_the_replica_call_is_cancelled() -> None:
     async def run() -> None:
-        clock, replica = Clock(), Replica()
-        backlog = Backlog(clock=clock)
-        work = backlog.request(replica.send)
+        clock, replica, backlog, work = one_request()
         pending = work(item(100))
         await asyncio.sleep(0)
         clock.now += 5.0
