@@ -43,9 +43,15 @@ class QueueState:
 class Backlog:
     """Outstanding sentence items in submission order, and the rate at which they drain."""
 
-    def __init__(self, window_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        window_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[int, bool], None] | None = None,
+    ):
         self.window_s = window_s
         self._clock = clock
+        self._on_change = on_change  # (items outstanding, whether one was just cancelled)
         self._tickets = itertools.count()
         self._outstanding: dict[int, int] = {}  # ticket -> phonemes, in submission order
         self._phonemes = 0
@@ -70,7 +76,7 @@ class Backlog:
     def track(self, response: Awaitable[T], phonemes: int) -> Tracked[T]:
         """Wrap a replica call so the backlog sees it leave, whether done, failed or cancelled."""
         ticket = self._add(phonemes)
-        return Tracked(response, ticket, lambda finished: self._remove(ticket, finished))
+        return Tracked(response, ticket, lambda *ended: self._remove(ticket, *ended))
 
     def state(self, before: int | None = None) -> QueueState:
         """The queue now; with `before`, only the work submitted ahead of that ticket."""
@@ -87,9 +93,11 @@ class Backlog:
         ticket = next(self._tickets)
         self._outstanding[ticket] = phonemes
         self._phonemes += phonemes
+        if self._on_change:
+            self._on_change(len(self._outstanding), False)
         return ticket
 
-    def _remove(self, ticket: int, finished: bool) -> None:
+    def _remove(self, ticket: int, finished: bool, cancelled: bool) -> None:
         busy = self._busy_clock()
         phonemes = self._outstanding.pop(ticket)
         self._phonemes -= phonemes
@@ -99,6 +107,8 @@ class Backlog:
             self._busy_total = busy
         while self._done and self._done[0][0] < busy - self.window_s:
             self._done.popleft()
+        if self._on_change:
+            self._on_change(len(self._outstanding), cancelled)
 
     def _busy_clock(self) -> float:
         if not self._outstanding:
@@ -142,7 +152,10 @@ class Tracked(Awaitable[T]):
         self._response = response
         self._task = asyncio.create_task(self._wait(), name="chorus-item")
         self._task.add_done_callback(
-            lambda task: on_end(not task.cancelled() and task.exception() is None)
+            lambda task: on_end(
+                not task.cancelled() and task.exception() is None,  # finished with audio
+                task.cancelled(),
+            )
         )
 
     async def _wait(self) -> T:

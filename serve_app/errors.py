@@ -104,7 +104,8 @@ def register_error_handlers(app: FastAPI) -> None:
     """All exception handlers, in one place."""
 
     @app.exception_handler(ChorusError)
-    async def _chorus(_: Request, exc: ChorusError) -> JSONResponse:
+    async def _chorus(request: Request, exc: ChorusError) -> JSONResponse:
+        request.state.error_code = exc.code  # for the request counter's reason
         return from_error(exc)
 
     @app.exception_handler(StarletteHTTPException)

@@ -8,6 +8,7 @@ import base64
 import contextlib
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -36,6 +37,7 @@ from .errors import (
     register_error_handlers,
     validation_message,
 )
+from .metrics import IngressMetrics, reason_for
 from .schemas import (
     ModelCard,
     ModelList,
@@ -71,6 +73,44 @@ app = FastAPI(
     summary="OpenAI-compatible text-to-speech for many users at once, on Ray Serve.",
 )
 register_error_handlers(app)
+
+
+class CountRequests:
+    """Counts every HTTP request by route, status and reason (pure ASGI: streams untouched)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = 500  # if the app fails before it answers
+
+        async def send_and_note(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            metrics = getattr(scope["app"].state, "metrics", None)
+            if metrics is not None:
+                route = getattr(scope.get("route"), "path", "unmatched")
+                code = scope.get("state", {}).get("error_code")
+                metrics.requests.inc(
+                    1,
+                    tags={
+                        "route": route,
+                        "status": str(status),
+                        "reason": reason_for(status, code),
+                    },
+                )
+        return None
+
+
+app.add_middleware(CountRequests)
 
 
 async def read_json_body(request: Request, max_bytes: int) -> Any:
@@ -159,7 +199,20 @@ class Ingress:
         self.frontends = {
             vid: TextFrontend(info, self.config.max_item_chars) for vid, info in self.voices.items()
         }
-        self.backlog = Backlog()
+        self.metrics = IngressMetrics()
+        app.state.metrics = self.metrics
+        self.backlog = Backlog(on_change=self._backlog_changed)
+
+    def _backlog_changed(self, items: int, cancelled: bool) -> None:
+        self.metrics.items_in_flight.set(items)
+        if cancelled:
+            self.metrics.items_cancelled.inc()
+
+    def _stream_error(self, exc: Exception) -> ChorusError:
+        """A failure after a stream's 200 went out: counted, then told in-band."""
+        error = as_chorus_error(exc)
+        self.metrics.stream_failures.inc(tags={"reason": reason_for(error.status, error.code)})
+        return error
 
     def _voice(self, name: str) -> VoiceInfo:
         voice_id = name if name in self.voices else self.aliases.get(name)
@@ -196,19 +249,20 @@ class Ingress:
     )
     async def create_speech(self, request: Request) -> Response:
         """Generate audio from text (OpenAI-compatible); whole, streamed, or as events."""
+        arrived = time.monotonic()
         req = parse_speech_request(await read_json_body(request, self.config.max_body_bytes))
         voice, fmt, rate, sentences = self._plan(req)
         voicing = Voicing.create(voice, req.speed, req.seed)
         work = self.backlog.request(self.synthesizer.synthesize.remote)
         tick = self.config.heartbeat_s if req.stream_format == "sse" else None
-        events = self._speech(work, voice, sentences, voicing, tick)
+        events = self._speech(work, req, voice, sentences, voicing, tick, arrived)
         headers = {"X-Chorus-Voice": voice.id, "X-Chorus-Sample-Rate": str(rate)}
         if req.stream_format is None:
             return await self._whole(events, req, voice.sample_rate, fmt, rate, headers)
         encoder = audio.StreamEncoder(fmt, voice.sample_rate, rate)
         if req.stream_format == "sse":
             return StreamingResponse(
-                sse_body(events, encoder, work.ahead, as_chorus_error),
+                sse_body(events, encoder, work.ahead, self._stream_error),
                 media_type="text/event-stream",
                 headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
@@ -222,7 +276,7 @@ class Ingress:
             raise as_chorus_error(exc) from None
         assert first is not None  # ticks come only with an SSE heartbeat
         return StreamingResponse(
-            audio_body(first, events, encoder, as_chorus_error),
+            audio_body(first, events, encoder, self._stream_error),
             media_type=fmt.media_type,
             headers=headers,
         )
@@ -256,26 +310,61 @@ class Ingress:
     async def _speech(
         self,
         work: RequestWork,
+        req: SpeechRequest,
         voice: VoiceInfo,
         sentences: list[str],
         voicing: Voicing,
         tick_s: float | None,
+        arrived: float,
     ) -> AsyncIterator[Spoken | None]:
         """The request's sentences as they are ready (None: a heartbeat is due). Closing this
-        cancels whatever the request still has queued."""
-        with self.backlog.running():
-            audio_in_order = ordered_audio(
-                self.frontends[voice.id].sentences(sentences),
-                voicing,
-                work,
-                self.config.lookahead_items,
-                self.config.lookahead_start_items,
+        cancels whatever the request still has queued. Records the request's metrics and its
+        one log line."""
+        tags = {"voice": voice.id, "stream": req.stream_format or "none", "lane": "default"}
+        outcome, audio_s, queue_s, model_s = "cancelled", 0.0, None, 0.0
+        try:
+            with self.backlog.running():
+                audio_in_order = ordered_audio(
+                    self.frontends[voice.id].sentences(sentences),
+                    voicing,
+                    work,
+                    self.config.lookahead_items,
+                    self.config.lookahead_start_items,
+                )
+                parts = spoken(audio_in_order, voice.sample_rate, self.config.sentence_pause_s)
+                events = paced(parts, tick_s, self.config.request_timeout_s)
+                async with contextlib.aclosing(events):
+                    async for part in events:
+                        if part is not None:
+                            if queue_s is None:
+                                queue_s = part.queue_s
+                                self.metrics.first_audio.observe(
+                                    time.monotonic() - arrived, tags=tags
+                                )
+                            audio_s, model_s = part.end_s, model_s + part.model_s
+                        yield part
+            outcome = "ok"
+            self.metrics.latency.observe(time.monotonic() - arrived, tags=tags)
+            self.metrics.audio_seconds.inc(audio_s, tags={"voice": voice.id})
+            self.metrics.characters.inc(len(req.input), tags={"voice": voice.id})
+        except Exception as exc:
+            outcome = f"failed ({type(exc).__name__})"  # the caller maps and reports it
+            raise
+        finally:
+            logger.info(
+                "speech %s",
+                outcome,
+                extra={
+                    "voice": voice.id,
+                    "characters": len(req.input),
+                    "stream": tags["stream"],
+                    "audio_seconds": round(audio_s, 3),
+                    "queue_ms": None if queue_s is None else round(queue_s * 1000),
+                    "model_ms": round(model_s * 1000),
+                    "total_ms": round((time.monotonic() - arrived) * 1000),
+                    "outcome": outcome,
+                },
             )
-            parts = spoken(audio_in_order, voice.sample_rate, self.config.sentence_pause_s)
-            events = paced(parts, tick_s, self.config.request_timeout_s)
-            async with contextlib.aclosing(events):
-                async for part in events:
-                    yield part
 
     async def _whole(
         self,

@@ -28,15 +28,22 @@ def deploy_args(path: Path = SERVE_CONFIG) -> dict[str, Any]:
 
 @contextmanager
 def running_chorus(
-    app: Any, port: int | None = None, ready_timeout_s: float = 180
+    app: Any, port: int | None = None, ready_timeout_s: float = 180, metrics_port: int | None = None
 ) -> Iterator[str]:
     """Start Ray and Serve on 127.0.0.1, deploy `app`, wait for /readyz, yield the base URL;
-    shut everything down afterwards."""
+    shut everything down afterwards. With `metrics_port`, Ray's metrics agent serves
+    Prometheus text there, refreshed every second."""
     import ray
     from ray import serve
 
     port = port or free_port()
-    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    metrics: dict[str, Any] = {}
+    if metrics_port:
+        metrics = {
+            "_metrics_export_port": metrics_port,
+            "_system_config": {"metrics_report_interval_ms": 1000},
+        }
+    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **metrics)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(app, name="chorus", route_prefix="/")

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from . import audio
-from .engines.base import SynthesisItem
+from .engines.base import SynthesisItem, Synthesized
 from .text import Sentence
 from .voices import VoiceInfo
 
@@ -59,7 +59,7 @@ async def ordered_audio(
     submit: Submit,
     lookahead: int,
     start: int = 2,
-) -> AsyncIterator[tuple[Sentence, np.ndarray]]:
+) -> AsyncIterator[tuple[Sentence, Synthesized]]:
     """Each sentence's audio, strictly in order, with at most `lookahead` items in flight.
 
     NOTE: a new request has at most `start` items in flight; its window grows by one per
@@ -97,6 +97,8 @@ class Spoken:
     start_s: float  # offsets of the speech in the response audio
     end_s: float
     phonemes: int
+    queue_s: float  # what it cost in the model replica (see `Synthesized`)
+    model_s: float
 
     def timing(self) -> dict[str, Any]:
         return {
@@ -108,7 +110,7 @@ class Spoken:
 
 
 async def spoken(
-    audio: AsyncIterator[tuple[Sentence, np.ndarray]], rate: int, pause_s: float
+    audio: AsyncIterator[tuple[Sentence, Synthesized]], rate: int, pause_s: float
 ) -> AsyncIterator[Spoken]:
     """Sentence audio laid end to end with a short pause between sentences."""
     gap = np.zeros(int(round(pause_s * rate)), dtype=np.float32)
@@ -116,13 +118,21 @@ async def spoken(
     # NOTE: closing this closes `audio` at once (not when the garbage collector gets to it),
     # so the request's queued items are cancelled now. Same in `paced` and the ingress.
     async with contextlib.aclosing(audio):
-        async for sentence, pcm in audio:
+        async for sentence, done in audio:
             lead = gap if offset else gap[:0]
-            part = np.concatenate([lead, pcm.astype(np.float32, copy=False)])
+            part = np.concatenate([lead, done.audio.astype(np.float32, copy=False)])
             start = offset + lead.size
             offset += part.size
-            phonemes = len(sentence.phoneme_ids)
-            yield Spoken(sentence.index, sentence.text, part, start / rate, offset / rate, phonemes)
+            yield Spoken(
+                sentence.index,
+                sentence.text,
+                part,
+                start / rate,
+                offset / rate,
+                len(sentence.phoneme_ids),
+                done.queue_s,
+                done.model_s,
+            )
 
 
 async def paced(

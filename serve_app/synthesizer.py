@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -13,7 +14,8 @@ import ray
 from ray import serve
 
 from .config import SynthesizerUserConfig, VoiceSource, configure_logging
-from .engines.base import Engine, SynthesisItem
+from .engines.base import Engine, SynthesisItem, Synthesized
+from .metrics import SynthesizerMetrics
 
 logger = logging.getLogger("ray.serve.chorus.synthesizer")
 
@@ -67,6 +69,7 @@ class Synthesizer:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="chorus-engine")
         self.items_run = 0  # sentence items the engine has been given, ever
         self.batches_run = 0
+        self.metrics = SynthesizerMetrics(self.device)
         self.reconfigure({})  # defaults until Serve passes the deployment's user_config
         logger.info("Synthesizer ready on %s with voices %s", self.device, self.engine.voices)
 
@@ -81,17 +84,51 @@ class Synthesizer:
             "Batching: max_batch_size=%d wait=%.3fs", batch, self.settings.batch_wait_timeout_s
         )
 
-    async def synthesize(self, item: SynthesisItem) -> np.ndarray:
+    async def synthesize(self, item: SynthesisItem) -> Synthesized:
         """Audio of one sentence item (batched with whatever else is waiting)."""
-        result = await self._batch(item)
+        result = await self._batch(item, time.monotonic())
         if isinstance(result, BaseException):
             raise result
         return result
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005)
-    async def _batch(self, items: list[SynthesisItem]) -> list[np.ndarray | BaseException]:
+    async def _batch(
+        self, items: list[SynthesisItem], arrivals: list[float]
+    ) -> list[Synthesized | BaseException]:
+        start = time.monotonic()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run, items)
+        results = await loop.run_in_executor(self._executor, self._run, items)
+        seconds = time.monotonic() - start
+        self._record(items, results, seconds)
+        for arrival in arrivals:
+            self.metrics.queue_wait.observe(start - arrival)
+        share = seconds / len(items)
+        return [
+            Synthesized(r, start - arrival, share) if isinstance(r, np.ndarray) else r
+            for r, arrival in zip(results, arrivals, strict=True)
+        ]
+
+    def _record(self, items: list[SynthesisItem], results: list[Any], seconds: float) -> None:
+        m = self.metrics
+        m.batch_seconds.observe(seconds)
+        m.batch_size.observe(len(items))
+        audio_s = 0.0
+        for item, result in zip(items, results, strict=True):
+            tags = {"voice": item.voice}
+            m.items.inc(1, tags=tags)
+            if isinstance(result, np.ndarray):
+                item_s = result.size / self.engine.sample_rate(item.voice)
+                m.audio_seconds.inc(item_s, tags=tags)
+                audio_s += item_s
+        if audio_s:
+            m.real_time_factor.observe(seconds / audio_s)
+        if self.engine.padding_efficiency is not None:
+            m.padding_efficiency.observe(self.engine.padding_efficiency)
+        if self.device == "cuda":
+            import torch
+
+            m.gpu_memory.set(torch.cuda.memory_allocated(), tags={"kind": "allocated"})
+            m.gpu_memory.set(torch.cuda.memory_reserved(), tags={"kind": "reserved"})
 
     def _run(self, items: list[SynthesisItem]) -> list[np.ndarray | BaseException]:
         self.items_run += len(items)

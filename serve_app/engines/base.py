@@ -25,6 +25,15 @@ class SynthesisItem:
         return len(self.phoneme_ids)
 
 
+@dataclass(frozen=True)
+class Synthesized:
+    """A model replica's answer for one item: its audio and what it cost (plain data)."""
+
+    audio: np.ndarray
+    queue_s: float  # waited in the replica before its batch ran
+    model_s: float  # its share of its batch's model time
+
+
 class Engine(ABC):
     """A speech model behind one inference method.
 
@@ -49,6 +58,10 @@ class Engine(ABC):
     @abstractmethod
     def synthesize(self, items: list[SynthesisItem]) -> list[np.ndarray]:
         """Audio for each item, in order."""
+
+    # Real / computed (padded) frames of the last `synthesize` call, for the batch padding
+    # metric; None when an engine cannot tell.
+    padding_efficiency: float | None = None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources; does nothing by default."""

@@ -304,6 +304,7 @@ class PiperEngine(Engine):
 
     def synthesize(self, items: list[SynthesisItem]) -> list[np.ndarray]:
         out: list[np.ndarray | None] = [None] * len(items)
+        real = computed = 0  # decoder frames
         by_voice: dict[str, list[int]] = {}
         for i, item in enumerate(items):
             by_voice.setdefault(item.voice, []).append(i)
@@ -314,10 +315,14 @@ class PiperEngine(Engine):
                 z, frames = voice.front(group_items)
                 if self.batched_decode:
                     audio = voice.decode(z, frames)
+                    computed += max(frames) * len(frames)
                 else:
                     audio = [voice.decode_one(z, frames[0])]
+                    computed += decode_bucket(frames[0])
+                real += sum(frames)
                 for i, a in zip(group, audio, strict=True):
                     out[i] = a
+        self.padding_efficiency = real / computed if computed else None
         return out  # type: ignore[return-value]
 
     def _groups(

@@ -13,15 +13,23 @@ from ray import serve
 
 from serve_app.app import bind_app, build_app
 from serve_app.config import parse_app_args
-from serve_app.local import deploy_args, running_chorus
+from serve_app.local import deploy_args, free_port, running_chorus
 from tests.fakes import FakeEngine
+
+METRICS_PORT = free_port()
 
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[str]:
     # The app is built from deploy/serve_config.yaml's args: tests run what users run.
-    with running_chorus(build_app(deploy_args())) as url:
+    with running_chorus(build_app(deploy_args()), metrics_port=METRICS_PORT) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def metrics_url(server: str) -> str:
+    """Ray's metrics agent on this node: what Prometheus scrapes."""
+    return f"http://127.0.0.1:{METRICS_PORT}/metrics"
 
 
 @pytest.fixture

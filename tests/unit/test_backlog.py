@@ -51,9 +51,9 @@ class Replica:
         return self.responses[-1]
 
 
-def one_request() -> tuple[Clock, Replica, Backlog, RequestWork]:
+def one_request(on_change=None) -> tuple[Clock, Replica, Backlog, RequestWork]:
     clock, replica = Clock(), Replica()
-    backlog = Backlog(clock=clock)
+    backlog = Backlog(clock=clock, on_change=on_change)
     return clock, replica, backlog, backlog.request(replica.send)
 
 
@@ -104,7 +104,8 @@ def test_idle_time_does_not_slow_the_measured_rate() -> None:
 
 def test_cancelled_work_leaves_the_queue_and_the_replica_call_is_cancelled() -> None:
     async def run() -> None:
-        clock, replica, backlog, work = one_request()
+        changes: list[tuple[int, bool]] = []
+        clock, replica, backlog, work = one_request(lambda *change: changes.append(change))
         pending = work(item(100))
         await asyncio.sleep(0)
         clock.now += 5.0
@@ -114,6 +115,7 @@ def test_cancelled_work_leaves_the_queue_and_the_replica_call_is_cancelled() -> 
         assert replica.responses[0].cancelled
         assert backlog.state().items == 0
         assert backlog.state().phonemes_per_s is None  # dropped work drained nothing
+        assert changes == [(1, False), (0, True)]  # what the in-flight and cancelled metrics see
 
     asyncio.run(run())
 

@@ -7,6 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
+from serve_app.engines.base import Synthesized
 from serve_app.speech import Voicing, item_seed, ordered_audio, paced, spoken
 from serve_app.text import Sentence
 from serve_app.voices import VoiceInfo
@@ -38,7 +39,7 @@ class FakeReplica:
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             await asyncio.sleep(delay)
-            return np.full(3, item.seed, dtype=np.float32)
+            return Synthesized(np.full(3, item.seed, dtype=np.float32), 0.0, delay)
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
@@ -101,8 +102,8 @@ def test_seeds_are_per_sentence_and_reproducible() -> None:
 
 def test_sentences_are_laid_out_with_a_pause_and_their_offsets() -> None:
     async def audio():
-        yield Sentence(0, "a", (1, 2)), np.ones(10, np.float32)
-        yield Sentence(1, "b", (1,)), np.ones(5, np.float32)
+        yield Sentence(0, "a", (1, 2)), Synthesized(np.ones(10, np.float32), 0.5, 0.1)
+        yield Sentence(1, "b", (1,)), Synthesized(np.ones(5, np.float32), 0.0, 0.1)
 
     async def run():
         return [part async for part in spoken(audio(), 100, 0.1)]
@@ -113,6 +114,7 @@ def test_sentences_are_laid_out_with_a_pause_and_their_offsets() -> None:
     assert (first.start_s, first.end_s) == (0.0, 0.1)
     assert (second.start_s, second.end_s) == (0.2, 0.25)
     assert second.timing() == {"index": 1, "text": "b", "start_s": 0.2, "end_s": 0.25}
+    assert (first.phonemes, first.queue_s, first.model_s) == (2, 0.5, 0.1)
 
 
 async def slow_source(cleaned: list[str], delays: list[float]):

@@ -1,0 +1,142 @@
+"""Every Chorus metric, declared once, through Ray Serve's metrics API.
+
+Ray's metrics agent on each node exports them for Prometheus with a `ray_` prefix and the
+replica's `application`, `deployment` and `replica` tags (see README, "Operating Chorus").
+Each deployment creates its own set in `__init__`: metrics objects belong in a replica.
+"""
+
+from __future__ import annotations
+
+from ray.serve.metrics import Counter, Gauge, Histogram
+
+# Seconds, from a fast first sentence to a long queue or a long text.
+LATENCY_S = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300]
+BATCH_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10]
+BATCH_SIZE = [1, 2, 4, 8, 16, 32, 64]
+RATIO = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+RTF = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2]
+
+# Why a request did not get its audio; "ok" when it did.
+REASONS = {
+    400: "bad_input",
+    401: "auth",
+    404: "not_found",
+    405: "bad_input",
+    413: "bad_input",
+    415: "bad_input",
+    429: "rate_limit",
+    503: "overload",
+    504: "deadline",
+}
+
+
+def reason_for(status: int, code: str | None = None) -> str:
+    if status < 400:
+        return "ok"
+    if code in ("synthesis_failed", "replica_unavailable"):
+        return code
+    return REASONS.get(status, "internal")
+
+
+class IngressMetrics:
+    """What the front door sees: requests, latency, first audio, audio out, queued items."""
+
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "chorus_requests_total",
+            description="HTTP requests by route, status and reason (ok, bad_input, overload, "
+            "deadline, synthesis_failed, replica_unavailable, not_found, internal).",
+            tag_keys=("route", "status", "reason"),
+        )
+        self.stream_failures = Counter(
+            "chorus_stream_failures_total",
+            description="Streams that failed after their 200 was sent, by reason.",
+            tag_keys=("reason",),
+        )
+        self.latency = Histogram(
+            "chorus_request_latency_seconds",
+            description="Speech requests that got their audio: arrival to last byte.",
+            boundaries=LATENCY_S,
+            tag_keys=("voice", "stream", "lane"),
+        )
+        self.first_audio = Histogram(
+            "chorus_time_to_first_audio_seconds",
+            description="Speech requests: arrival to their first sentence's audio.",
+            boundaries=LATENCY_S,
+            tag_keys=("voice", "stream", "lane"),
+        )
+        self.audio_seconds = Counter(
+            "chorus_audio_seconds_total",
+            description="Seconds of audio delivered to clients.",
+            tag_keys=("voice",),
+        )
+        self.characters = Counter(
+            "chorus_input_characters_total",
+            description="Input characters of speech requests that got their audio.",
+            tag_keys=("voice",),
+        )
+        self.items_in_flight = Gauge(
+            "chorus_items_in_flight",
+            description="Sentence items this ingress replica has sent and not got back.",
+        )
+        self.items_cancelled = Counter(
+            "chorus_items_cancelled_total",
+            description="Sentence items dropped because their request ended first "
+            "(client gone, deadline, failure).",
+        )
+
+
+class SynthesizerMetrics:
+    """What a model replica does: batches, their time and shape, items, waits, GPU memory."""
+
+    def __init__(self, device: str) -> None:
+        self.batch_seconds = Histogram(
+            "chorus_batch_seconds",
+            description="Model time per batch.",
+            boundaries=BATCH_S,
+            tag_keys=("device",),
+        )
+        self.batch_size = Histogram(
+            "chorus_batch_size",
+            description="Sentence items per batch.",
+            boundaries=BATCH_SIZE,
+            tag_keys=("device",),
+        )
+        self.padding_efficiency = Histogram(
+            "chorus_batch_padding_efficiency",
+            description="Real frames / frames computed (padding included) per batch; 1 = no "
+            "padding.",
+            boundaries=RATIO,
+            tag_keys=("device",),
+        )
+        self.real_time_factor = Histogram(
+            "chorus_real_time_factor",
+            description="Model time / audio seconds produced, per batch (below 1: faster than "
+            "real time).",
+            boundaries=RTF,
+            tag_keys=("device",),
+        )
+        self.queue_wait = Histogram(
+            "chorus_queue_wait_seconds",
+            description="Time a sentence item waited in the model replica before its batch ran.",
+            boundaries=LATENCY_S,
+            tag_keys=("device",),
+        )
+        self.items = Counter(
+            "chorus_items_synthesized_total",
+            description="Sentence items run through the model, by voice.",
+            tag_keys=("voice", "device"),
+        )
+        self.audio_seconds = Counter(
+            "chorus_model_audio_seconds_total",
+            description="Seconds of audio the model produced.",
+            tag_keys=("voice", "device"),
+        )
+        self.gpu_memory = Gauge(
+            "chorus_gpu_memory_bytes",
+            description="CUDA memory of this replica's device: allocated and reserved.",
+            tag_keys=("kind",),
+        )
+        for metric in vars(self).values():
+            if metric is not self.gpu_memory:
+                metric.set_default_tags({"device": device})
