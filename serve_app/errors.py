@@ -9,6 +9,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger("ray.serve.chorus.errors")
@@ -50,6 +52,10 @@ class ChorusError(Exception):
         """The body every error response has (also an SSE stream's `error` event)."""
         detail = ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
         return ErrorResponse(error=detail).model_dump()
+
+
+class SynthesisError(RuntimeError):
+    """Raised by a model replica: one item failed in the engine; only its own request fails."""
 
 
 class BadRequest(ChorusError):
@@ -145,3 +151,25 @@ def validation_message(error: dict[str, Any]) -> tuple[str, str | None]:
         return f"unknown field {param!r}", param
     msg = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
     return (f"{param}: {msg}" if param else msg), param
+
+
+def as_chorus_error(exc: Exception) -> ChorusError:
+    """What the client is told about a failure while its sentences were being synthesized."""
+    if isinstance(exc, ChorusError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return DeadlineExceeded(f"speech {exc}")
+    if isinstance(exc, BackPressureError):
+        return Overloaded(
+            "the model replicas' queues are full; retry shortly", headers={"Retry-After": "1"}
+        )
+    if isinstance(exc, SynthesisError):
+        return SynthesisFailed(f"synthesis failed: {exc.args[0] if exc.args else exc}")
+    if isinstance(exc, RayActorError):
+        return Overloaded(
+            "a model replica became unavailable; retry shortly",
+            code="replica_unavailable",
+            headers={"Retry-After": "1"},
+        )
+    logger.error("Unexpected failure during synthesis", exc_info=exc)
+    return ChorusError("internal server error", code="internal_error")

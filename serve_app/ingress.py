@@ -27,17 +27,16 @@ from .config import AppConfig, configure_logging
 from .errors import (
     BadRequest,
     ChorusError,
-    DeadlineExceeded,
     ErrorResponse,
     NotFound,
     Overloaded,
     PayloadTooLarge,
-    SynthesisFailed,
     UnsupportedMediaType,
+    as_chorus_error,
     register_error_handlers,
     validation_message,
 )
-from .metrics import IngressMetrics, reason_for
+from .metrics import CountRequests, IngressMetrics, reason_for
 from .schemas import (
     ModelCard,
     ModelList,
@@ -50,7 +49,6 @@ from .schemas import (
 )
 from .speech import Spoken, Voicing, ordered_audio, paced, render, spoken
 from .streams import audio_body, sse_body
-from .synthesizer import SynthesisError
 from .text import TextError, TextFrontend
 from .voices import VoiceInfo, load_voices
 
@@ -73,41 +71,6 @@ app = FastAPI(
     summary="OpenAI-compatible text-to-speech for many users at once, on Ray Serve.",
 )
 register_error_handlers(app)
-
-
-class CountRequests:
-    """Counts every HTTP request by route, status and reason (pure ASGI: streams untouched)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        status = 500  # if the app fails before it answers
-
-        async def send_and_note(message: dict) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_note)
-        finally:
-            metrics = getattr(scope["app"].state, "metrics", None)
-            if metrics is not None:
-                route = getattr(scope.get("route"), "path", "unmatched")
-                code = scope.get("state", {}).get("error_code")
-                metrics.requests.inc(
-                    1,
-                    tags={
-                        "route": route,
-                        "status": str(status),
-                        "reason": reason_for(status, code),
-                    },
-                )
-        return None
 
 
 app.add_middleware(CountRequests)
@@ -153,28 +116,6 @@ def parse_speech_request(data: Any) -> SpeechRequest:
         first = exc.errors()[0]
         message, param = validation_message(first)
         raise BadRequest(message, param=param, code=first.get("type")) from None
-
-
-def as_chorus_error(exc: Exception) -> ChorusError:
-    """What the client is told about a failure while its sentences were being synthesized."""
-    if isinstance(exc, ChorusError):
-        return exc
-    if isinstance(exc, TimeoutError):
-        return DeadlineExceeded(f"speech {exc}")
-    if isinstance(exc, BackPressureError):
-        return Overloaded(
-            "the model replicas' queues are full; retry shortly", headers={"Retry-After": "1"}
-        )
-    if isinstance(exc, SynthesisError):
-        return SynthesisFailed(f"synthesis failed: {exc.args[0] if exc.args else exc}")
-    if isinstance(exc, RayActorError):
-        return Overloaded(
-            "a model replica became unavailable; retry shortly",
-            code="replica_unavailable",
-            headers={"Retry-After": "1"},
-        )
-    logger.error("Unexpected failure during synthesis", exc_info=exc)
-    return ChorusError("internal server error", code="internal_error")
 
 
 def _unspeakable() -> BadRequest:

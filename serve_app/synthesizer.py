@@ -15,15 +15,12 @@ from ray import serve
 
 from .config import SynthesizerUserConfig, VoiceSource, configure_logging
 from .engines.base import Engine, SynthesisItem, Synthesized
+from .errors import SynthesisError
 from .metrics import SynthesizerMetrics
 
 logger = logging.getLogger("ray.serve.chorus.synthesizer")
 
 DEFAULT_BATCH = {"cpu": 4, "cuda": 16}
-
-
-class SynthesisError(RuntimeError):
-    """One item failed in the engine; only its own request fails."""
 
 
 def pick_device() -> str:
