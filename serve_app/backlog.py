@@ -32,12 +32,11 @@ class QueueState:
     phonemes: int
     phonemes_per_s: float | None  # measured drain rate; None before any work finished
 
-    def wait_s(self, phonemes: int | None = None) -> float | None:
-        """Estimated seconds until `phonemes` (default: all queued work) have drained."""
-        work = self.phonemes if phonemes is None else phonemes
-        if work == 0:
+    def wait_s(self) -> float | None:
+        """Estimated seconds until this work has drained; None before any rate is measured."""
+        if self.phonemes == 0:
             return 0.0
-        return None if not self.phonemes_per_s else work / self.phonemes_per_s
+        return None if not self.phonemes_per_s else self.phonemes / self.phonemes_per_s
 
 
 class Backlog:

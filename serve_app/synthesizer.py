@@ -97,12 +97,13 @@ class Synthesizer:
         results = await loop.run_in_executor(self._executor, self._run, items)
         seconds = time.monotonic() - start
         self._record(items, results, seconds)
-        for arrival in arrivals:
-            self.metrics.queue_wait.observe(start - arrival)
+        waits = [start - arrival for arrival in arrivals]
+        for wait in waits:
+            self.metrics.queue_wait.observe(wait)
         share = seconds / len(items)
         return [
-            Synthesized(r, start - arrival, share) if isinstance(r, np.ndarray) else r
-            for r, arrival in zip(results, arrivals, strict=True)
+            Synthesized(r, wait, share) if isinstance(r, np.ndarray) else r
+            for r, wait in zip(results, waits, strict=True)
         ]
 
     def _record(self, items: list[SynthesisItem], results: list[Any], seconds: float) -> None:
