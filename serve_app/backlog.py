@@ -1,4 +1,10 @@
-"""What this ingress has sent to the model replicas and not got back: queue position and wait.
+"""The ingress's side of the queue: sentence items waiting for the model, items in flight, the
+rate at which work drains, and where each request stands.
+
+Items wait here, not in the model replicas' queues: at most `capacity` items are in flight
+to the replicas (enough to fill their batches), and the rest are handed out by the fair
+scheduler (`scheduler.Fair`), so priority lanes and per-key shares decide who goes next. An
+item its request gave up on while waiting here never reaches a replica.
 
 Work is counted in phoneme ids, the model's input tokens: a sentence's synthesis time grows
 with its length, so "phonemes ahead / phonemes drained per second" is an honest wait estimate
@@ -7,28 +13,29 @@ outstanding, so an idle hour does not read as a slow server.
 
 NOTE: each ingress replica sees only the work it sent. With several ingress replicas (and
 traffic spread evenly) its share of the queue and its share of the drain rate shrink together,
-so the wait estimate holds; positions are then positions among this replica's requests.
+so the estimates hold; positions are then positions among this replica's requests.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import itertools
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-from .engines.base import SynthesisItem
+from .engines.base import SynthesisItem, Synthesized
+from .scheduler import Fair
 
-T = TypeVar("T")
+LANES = {"interactive": 0.9, "batch": 0.1}  # lane -> share of model time under contention
 
 
 @dataclass(frozen=True)
 class QueueState:
-    items: int  # sentence items sent and not yet back
+    items: int  # sentence items waiting or in flight
     phonemes: int
     phonemes_per_s: float | None  # measured drain rate; None before any work finished
 
@@ -40,131 +47,256 @@ class QueueState:
 
 
 class Backlog:
-    """Outstanding sentence items in submission order, and the rate at which they drain."""
+    """Every admitted request's outstanding items, handed to the replicas fairly."""
 
     def __init__(
         self,
+        capacity: int = 8,
+        lanes: dict[str, float] | None = None,
         window_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[int, bool], None] | None = None,
     ):
+        self.capacity = capacity  # items in flight to the replicas at most
+        self.lanes = dict(lanes or LANES)  # in priority order
         self.window_s = window_s
         self._clock = clock
         self._on_change = on_change  # (items outstanding, whether one was just cancelled)
         self._tickets = itertools.count()
-        self._outstanding: dict[int, int] = {}  # ticket -> phonemes, in submission order
+        self._outstanding: dict[int, Tracked[Any]] = {}  # in submission order
+        self._queue = Fair()
         self._phonemes = 0
+        self.in_flight = 0
         self._busy_total = 0.0  # seconds during which something was outstanding
         self._busy_since = 0.0
         self._done: deque[tuple[float, int]] = deque()  # (busy clock, phonemes) of finished work
-        self.requests = 0  # requests whose work is running (see `running`)
+        self.active: set[RequestWork] = set()  # admitted requests not yet closed
+        self.per_client: Counter[str] = Counter()
+        self.phonemes_per_char = 2.4  # learnt from finished requests
 
-    def request(self, send: Callable[[SynthesisItem], Awaitable[Any]]) -> RequestWork:
-        """A new request's view of the backlog."""
-        return RequestWork(self, send)
+    def request(
+        self,
+        send: Callable[[SynthesisItem], Awaitable[Any]],
+        lane: str = "interactive",
+        client: str = "anonymous",
+        weight: float = 1.0,
+        chars: int = 0,
+    ) -> RequestWork:
+        """Register an admitted request; it counts until `RequestWork.close()`."""
+        work = RequestWork(self, send, lane, client, weight, chars)
+        self.active.add(work)
+        self.per_client[client] += 1
+        return work
 
-    @contextlib.contextmanager
-    def running(self) -> Iterator[None]:
-        """Counts a request in `requests` while its work runs."""
-        self.requests += 1
-        try:
-            yield
-        finally:
-            self.requests -= 1
+    @property
+    def requests(self) -> int:
+        return len(self.active)
 
-    def track(self, response: Awaitable[T], phonemes: int) -> Tracked[T]:
-        """Wrap a replica call so the backlog sees it leave, whether done, failed or cancelled."""
-        ticket = self._add(phonemes)
-        return Tracked(response, ticket, lambda *ended: self._remove(ticket, *ended))
+    def state(self, lane: str | None = None, before: int | None = None) -> QueueState:
+        """Work that goes to the model before new work in `lane` (every lane's, if None):
+        everything in flight, and what waits in that lane or a more urgent one. With
+        `before` (the ticket of a request's first item), the work ahead of that item.
 
-    def state(self, before: int | None = None) -> QueueState:
-        """The queue now; with `before`, only the work submitted ahead of that ticket."""
-        if before is None:
-            items, phonemes = len(self._outstanding), self._phonemes
-        else:
-            ahead = [p for t, p in self._outstanding.items() if t < before]
-            items, phonemes = len(ahead), sum(ahead)
-        return QueueState(items, phonemes, self._rate())
+        NOTE: within a lane the fair scheduler may serve a light key's item before older
+        items of a busy key, so for a light key this is an upper bound.
+        """
+        order = list(self.lanes)
+        rank = order.index(lane) if lane else len(order)
+        first = self._outstanding.get(before) if before is not None else None
+        still_waiting = before is None or (first is not None and not first.dispatched)
+        count = phonemes = 0
+        for ticket, tracked in self._outstanding.items():
+            older = before is None or ticket < before
+            if tracked.dispatched:
+                ahead = still_waiting or older
+            else:
+                lane_rank = order.index(tracked.work.lane)
+                ahead = still_waiting and (lane_rank < rank or (lane_rank == rank and older))
+            if ahead:
+                count += 1
+                phonemes += tracked.phonemes
+        return QueueState(count, phonemes, self.rate())
 
-    def _add(self, phonemes: int) -> int:
+    def waiting(self, lane: str) -> int:
+        """Items of `lane` waiting here for their turn."""
+        return self._queue.queued((lane,))
+
+    def remaining(self, lanes: set[str] | None = None) -> int:
+        """Phonemes the admitted requests (in `lanes`) still need synthesized, estimated."""
+        return sum(w.remaining() for w in self.active if lanes is None or w.lane in lanes)
+
+    def finish_s(self, lane: str, phonemes: int) -> float | None:
+        """How long new work of `phonemes` in `lane` would take to finish, if each request
+        gets an equal share of its lane's model time (more urgent lanes go first)."""
+        rate = self.rate()
+        if rate is None:
+            return None
+        order = list(self.lanes)
+        rank = order.index(lane)
+        ahead, share = phonemes, 1.0
+        for work in self.active:
+            work_rank = order.index(work.lane)
+            if work_rank < rank:
+                ahead += work.remaining()
+            elif work_rank == rank:
+                ahead += min(work.remaining(), phonemes)
+        for slower in order[rank + 1 :]:  # less urgent lanes with work still take their share
+            if any(w.lane == slower and w.remaining() for w in self.active):
+                share -= self.lanes[slower]
+        return ahead / (rate * share)
+
+    def rate(self) -> float | None:
+        """Phonemes drained per second of busy time, over the last `window_s`."""
+        busy = self._busy_clock()
+        recent = sum(p for b, p in self._done if b >= busy - self.window_s)
+        span = min(self.window_s, busy)
+        return recent / span if recent and span > 0 else None
+
+    def _add(self, tracked: Tracked[Any]) -> int:
         if not self._outstanding:
             self._busy_since = self._clock()
         ticket = next(self._tickets)
-        self._outstanding[ticket] = phonemes
-        self._phonemes += phonemes
+        self._outstanding[ticket] = tracked
+        self._phonemes += tracked.phonemes
+        self._queue.push(tracked.work.path, tracked)
         if self._on_change:
             self._on_change(len(self._outstanding), False)
         return ticket
 
-    def _remove(self, ticket: int, finished: bool, cancelled: bool) -> None:
+    def _dispatch(self) -> None:
+        """Hand waiting items to the replicas while there is room in flight."""
+        while self.in_flight < self.capacity and self._queue.size:
+            tracked = self._queue.pop(lambda t: t.phonemes)
+            if tracked.start():
+                self.in_flight += 1
+
+    def _remove(self, tracked: Tracked[Any], finished: bool, cancelled: bool) -> None:
         busy = self._busy_clock()
-        phonemes = self._outstanding.pop(ticket)
-        self._phonemes -= phonemes
+        del self._outstanding[tracked.ticket]
+        self._phonemes -= tracked.phonemes
+        if tracked.dispatched:
+            self.in_flight -= 1
+        else:
+            self._queue.remove(tracked.work.names, tracked)
         if finished:
-            self._done.append((busy, phonemes))
+            self._done.append((busy, tracked.phonemes))
         if not self._outstanding:
             self._busy_total = busy
         while self._done and self._done[0][0] < busy - self.window_s:
             self._done.popleft()
         if self._on_change:
             self._on_change(len(self._outstanding), cancelled)
+        self._dispatch()
+
+    def _close(self, work: RequestWork, completed: bool) -> None:
+        self.active.discard(work)
+        self.per_client[work.client] -= 1
+        if not self.per_client[work.client]:
+            del self.per_client[work.client]
+        self._queue.discard(work.names)
+        if completed and work.chars and work.done:
+            self.phonemes_per_char += 0.2 * (work.done / work.chars - self.phonemes_per_char)
 
     def _busy_clock(self) -> float:
         if not self._outstanding:
             return self._busy_total
         return self._busy_total + (self._clock() - self._busy_since)
 
-    def _rate(self) -> float | None:
-        busy = self._busy_clock()
-        recent = sum(p for b, p in self._done if b >= busy - self.window_s)
-        span = min(self.window_s, busy)
-        return recent / span if recent and span > 0 else None
-
 
 class RequestWork:
-    """One request's items going through the backlog; knows where the request stands."""
+    """One admitted request's items going through the backlog; knows where it stands."""
 
-    def __init__(self, backlog: Backlog, send: Callable[[SynthesisItem], Awaitable[Any]]):
+    def __init__(
+        self,
+        backlog: Backlog,
+        send: Callable[[SynthesisItem], Awaitable[Any]],
+        lane: str,
+        client: str,
+        weight: float,
+        chars: int,
+    ):
         self._backlog = backlog
         self._send = send
+        self.lane, self.client, self.chars = lane, client, chars
+        self.estimate = round(chars * backlog.phonemes_per_char)  # phonemes, all sentences
+        self.names = (lane, client, id(self))
+        self.path = ((lane, backlog.lanes[lane]), (client, weight), (id(self), 1.0))
         self._first: int | None = None
+        self.outstanding = 0  # phonemes sent and not back
+        self.done = 0  # phonemes synthesized
+        self.closed = False
 
     def __call__(self, item: SynthesisItem) -> Tracked[Any]:
-        tracked = self._backlog.track(self._send(item), len(item.phoneme_ids))
+        tracked: Tracked[Any] = Tracked(self, item)
         if self._first is None:
             self._first = tracked.ticket
         return tracked
 
     def ahead(self) -> QueueState:
-        """The work queued before this request's first item (all of it, before that is sent)."""
-        return self._backlog.state(before=self._first)
+        """The work that goes before this request's first item (all of it, before that
+        item is queued)."""
+        return self._backlog.state(self.lane, before=self._first)
+
+    def remaining(self) -> int:
+        return max(self.estimate - self.done, self.outstanding)
+
+    def close(self, completed: bool = False) -> None:
+        """The request has ended; safe to call twice."""
+        if not self.closed:
+            self.closed = True
+            self._backlog._close(self, completed)
 
 
-class Tracked(Awaitable[T]):
-    """A replica call running as its own task, reported to the backlog when it ends.
+class Tracked(Awaitable[Any]):
+    """One sentence item: waits in the backlog for its turn, then runs as a replica call in a
+    task of its own, reported to the backlog when it ends.
 
-    Cancelling it cancels the replica call too, so a queued item is dropped before its batch.
+    Cancelling it drops it from the queue, or cancels the replica call, so a queued item is
+    dropped before its batch runs. Its `queue_s` includes the wait here.
     """
 
-    def __init__(self, response: Awaitable[T], ticket: int, on_end: Callable[[bool], None]) -> None:
-        self.ticket = ticket  # submission order: work with a smaller ticket is ahead of it
-        self._response = response
-        self._task = asyncio.create_task(self._wait(), name="chorus-item")
-        self._task.add_done_callback(
-            lambda task: on_end(
-                not task.cancelled() and task.exception() is None,  # finished with audio
-                task.cancelled(),
-            )
-        )
+    def __init__(self, work: RequestWork, item: SynthesisItem) -> None:
+        self.work = work
+        self.phonemes = len(item.phoneme_ids)
+        self.dispatched = False
+        backlog = work._backlog
+        self._turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.ticket = backlog._add(self)  # submission order
+        work.outstanding += self.phonemes
+        self._task = asyncio.create_task(self._run(item, backlog._clock), name="chorus-item")
+        self._task.add_done_callback(self._ended)
+        backlog._dispatch()
 
-    async def _wait(self) -> T:
+    def start(self) -> bool:
+        """Its turn has come; False if it was cancelled meanwhile."""
+        if self._turn.done():
+            return False
+        self.dispatched = True
+        self._turn.set_result(None)
+        return True
+
+    async def _run(self, item: SynthesisItem, clock: Callable[[], float]) -> Any:
+        queued = clock()
+        await self._turn
+        waited = clock() - queued
+        response = self.work._send(item)
         try:
-            return await self._response
+            result = await response
         except asyncio.CancelledError:
-            cancel = getattr(self._response, "cancel", None)
+            cancel = getattr(response, "cancel", None)
             if cancel is not None:
                 cancel()
             raise
+        if isinstance(result, Synthesized):
+            result = dataclasses.replace(result, queue_s=result.queue_s + waited)
+        return result
+
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        finished = not task.cancelled() and task.exception() is None
+        self.work.outstanding -= self.phonemes
+        if finished:
+            self.work.done += self.phonemes
+        self.work._backlog._remove(self, finished, task.cancelled())
 
     def cancel(self) -> None:
         self._task.cancel()

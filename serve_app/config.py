@@ -5,12 +5,13 @@ This is the one module that reads environment variables.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -34,6 +35,11 @@ OPENAI_VOICES = (
     "verse",
 )
 VOICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+# Priority lanes, most urgent first. Under contention interactive work goes first; batch work
+# keeps a guaranteed share of model time (batch_lane_share), so it never starves.
+Lane = Literal["interactive", "batch"]
+LANE_NAMES: tuple[str, ...] = ("interactive", "batch")
 
 
 class _Warned(BaseModel):
@@ -78,6 +84,60 @@ class VoiceSource(_Warned):
         return self.model_path, self.config_path or Path(f"{self.model_path}.json")
 
 
+class Limits(_Warned):
+    """What one API key may do. A limit set to null is off."""
+
+    requests_per_s: float | None = Field(
+        5.0, gt=0, description="Sustained speech requests per second (token bucket)."
+    )
+    requests_burst: int = Field(20, ge=1, description="Requests allowed at once after a pause.")
+    chars_per_s: float | None = Field(
+        2000.0, gt=0, description="Sustained input characters per second (token bucket)."
+    )
+    chars_burst: int = Field(
+        16384, ge=1, description="Characters allowed at once; at least max_input_chars."
+    )
+    max_concurrent: int | None = Field(
+        16, ge=1, description="Speech requests (streams included) in progress at once."
+    )
+
+
+UNLIMITED = {"requests_per_s": None, "chars_per_s": None, "max_concurrent": None}
+
+
+class ApiKey(_Warned):
+    """One API key. Give its SHA-256 (`python -m serve_app.keys new` makes a key and its
+    hash); a plain `key` is hashed when the config is read and never kept."""
+
+    name: str = Field(
+        pattern=VOICE_ID_PATTERN, description="Who holds it; logs and metrics show this name."
+    )
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of key.")
+    key: str | None = Field(None, min_length=16, repr=False, description="The key itself.")
+    lanes: list[Lane] = Field(
+        default_factory=lambda: list(LANE_NAMES), min_length=1, description="Lanes it may use."
+    )
+    default_lane: Lane | None = Field(None, description="Its lane when a request names none.")
+    weight: float = Field(
+        1.0, gt=0, le=1000, description="Its share of model time against other busy keys."
+    )
+    limits: Limits | None = Field(None, description="Its own limits instead of key_limits.")
+
+    @model_validator(mode="after")
+    def _hash_it(self) -> ApiKey:
+        if (self.sha256 is None) == (self.key is None):
+            raise ValueError(f"API key {self.name!r}: give exactly one of 'sha256' or 'key'")
+        if self.key is not None:
+            self.sha256, self.key = hash_key(self.key), None
+        if self.default_lane is not None and self.default_lane not in self.lanes:
+            raise ValueError(f"API key {self.name!r}: default_lane is not one of its lanes")
+        return self
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
 class AppConfig(_Warned):
     """Arguments of `serve_app.app:build_app` (the `args:` block of a serve config)."""
 
@@ -117,7 +177,54 @@ class AppConfig(_Warned):
         "up to lookahead_items. Small keeps everyone's first audio early under load.",
     )
     request_timeout_s: float = Field(
-        300.0, gt=0, description="A request still unfinished after this long fails with 504."
+        300.0,
+        gt=0,
+        description="Default deadline: a request still unfinished after this long fails with "
+        "504 (a request may set its own with deadline_s or X-Chorus-Deadline).",
+    )
+    max_deadline_s: float = Field(
+        600.0, gt=0, description="Longest deadline a request may ask for; longer is a 400."
+    )
+    api_keys: list[ApiKey] = Field(
+        default_factory=list,
+        description="API keys. With none here and no api_keys_file, the API is open.",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="A YAML list of API keys (same fields as api_keys), re-read when it "
+        "changes; use it to add or revoke keys without a redeploy.",
+    )
+    key_limits: Limits = Field(
+        default_factory=Limits, description="Limits of a key that has none of its own."
+    )
+    open_limits: Limits = Field(
+        default_factory=lambda: Limits(**UNLIMITED),
+        description="Limits of all traffic together when the API is open (no keys); "
+        "off by default.",
+    )
+    default_lane: Lane = Field("interactive", description="Lane of a request that names none.")
+    batch_lane_share: float = Field(
+        0.1,
+        ge=0.01,
+        le=0.5,
+        description="Share of model time the batch lane keeps while interactive work waits.",
+    )
+    items_in_flight: int = Field(
+        8,
+        ge=1,
+        le=4096,
+        description="Sentence items this ingress replica keeps at the model replicas; the "
+        "rest wait here, in lane and fair-share order. About 2 x max_batch_size x replicas.",
+    )
+    max_backlog_s: float = Field(
+        60.0,
+        gt=0,
+        description="Admitted work, in seconds of model time at the measured rate, beyond "
+        "which a new request gets 503 with Retry-After (batch-lane work does not count "
+        "against interactive requests).",
+    )
+    max_active_requests: int = Field(
+        256, ge=1, description="Requests in progress in one ingress replica; more get 503."
     )
     heartbeat_s: float = Field(
         10.0,
@@ -150,7 +257,27 @@ class AppConfig(_Warned):
                 raise ValueError(f"voice alias {alias!r} points at unknown voice {target!r}")
             if not re.match(VOICE_ID_PATTERN, alias):
                 raise ValueError(f"voice alias {alias!r} is not a valid name")
+        if self.request_timeout_s > self.max_deadline_s:
+            raise ValueError("request_timeout_s is longer than max_deadline_s")
+        self.check_keys(self.api_keys)
+        for limits in (self.key_limits, self.open_limits):
+            self.check_limits(limits)
         return self
+
+    def check_keys(self, keys: list[ApiKey]) -> None:
+        names = [k.name for k in keys]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate API key names in {names}")
+        for key in keys:
+            if key.limits is not None:
+                self.check_limits(key.limits)
+
+    def check_limits(self, limits: Limits) -> None:
+        if limits.chars_per_s is not None and limits.chars_burst < self.max_input_chars:
+            raise ValueError(
+                f"chars_burst {limits.chars_burst} is below max_input_chars "
+                f"{self.max_input_chars}: the longest input could never pass"
+            )
 
 
 class SynthesizerUserConfig(_Warned):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -58,8 +59,26 @@ class SynthesisError(RuntimeError):
     """Raised by a model replica: one item failed in the engine; only its own request fails."""
 
 
+def retry_after(seconds: float | None) -> dict[str, str]:
+    """A Retry-After header: whole seconds (HTTP allows no fractions), at least 1."""
+    wait = 1 if seconds is None else min(3600, max(1, math.ceil(seconds)))
+    return {"Retry-After": str(wait)}
+
+
 class BadRequest(ChorusError):
     status, type, code = 400, "invalid_request_error", "invalid_request"
+
+
+class Unauthorized(ChorusError):
+    status, type, code = 401, "invalid_request_error", "invalid_api_key"
+
+
+class Forbidden(ChorusError):
+    status, type, code = 403, "permission_error", "forbidden"
+
+
+class RateLimited(ChorusError):
+    status, type, code = 429, "rate_limit_error", "rate_limit_exceeded"
 
 
 class NotFound(ChorusError):
@@ -153,15 +172,17 @@ def validation_message(error: dict[str, Any]) -> tuple[str, str | None]:
     return (f"{param}: {msg}" if param else msg), param
 
 
-def as_chorus_error(exc: Exception) -> ChorusError:
-    """What the client is told about a failure while its sentences were being synthesized."""
+def as_chorus_error(exc: Exception, retry_after_s: float | None = None) -> ChorusError:
+    """What the client is told about a failure while its sentences were being synthesized;
+    `retry_after_s` is the server's estimate of when the queue will have room."""
     if isinstance(exc, ChorusError):
         return exc
     if isinstance(exc, TimeoutError):
         return DeadlineExceeded(f"speech {exc}")
     if isinstance(exc, BackPressureError):
         return Overloaded(
-            "the model replicas' queues are full; retry shortly", headers={"Retry-After": "1"}
+            "the model replicas' queues are full; retry shortly",
+            headers=retry_after(retry_after_s),
         )
     if isinstance(exc, SynthesisError):
         return SynthesisFailed(f"synthesis failed: {exc.args[0] if exc.args else exc}")
@@ -169,7 +190,7 @@ def as_chorus_error(exc: Exception) -> ChorusError:
         return Overloaded(
             "a model replica became unavailable; retry shortly",
             code="replica_unavailable",
-            headers={"Retry-After": "1"},
+            headers=retry_after(retry_after_s),
         )
     logger.error("Unexpected failure during synthesis", exc_info=exc)
     return ChorusError("internal server error", code="internal_error")

@@ -6,22 +6,22 @@
 import asyncio
 import base64
 import contextlib
-import json
 import logging
 import time
+import weakref
 from collections import Counter
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import ValidationError
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from . import audio
+from .admission import Admission
 from .backlog import Backlog, RequestWork
 from .config import AppConfig, configure_logging
 from .errors import (
@@ -30,14 +30,15 @@ from .errors import (
     ErrorResponse,
     NotFound,
     Overloaded,
-    PayloadTooLarge,
-    UnsupportedMediaType,
     as_chorus_error,
     register_error_handlers,
-    validation_message,
+    retry_after,
 )
+from .keys import Client, KeyStore
 from .metrics import CountRequests, IngressMetrics, reason_for
+from .parsing import parse_speech_request, read_json_body, urgency
 from .schemas import (
+    LaneInfo,
     ModelCard,
     ModelList,
     QueueInfo,
@@ -58,10 +59,14 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
         400: "Invalid request (bad field, unknown voice or format, unspeakable text)",
+        401: "Missing or invalid API key (when the server has keys)",
+        403: "The API key may not use the requested priority lane",
         413: "Request body too large",
         415: "Body is not application/json",
-        503: "Overloaded or model unavailable; retry after Retry-After seconds",
-        504: "Took longer than the server's request timeout",
+        429: "The API key's rate or concurrency limit; retry after Retry-After seconds",
+        503: "Overloaded, deadline cannot be met, or model unavailable; retry after "
+        "Retry-After seconds",
+        504: "Took longer than the request's deadline",
     }.items()
 }
 
@@ -76,46 +81,16 @@ register_error_handlers(app)
 app.add_middleware(CountRequests)
 
 
-async def read_json_body(request: Request, max_bytes: int) -> Any:
-    """The request's JSON body, read with a size cap; every failure is a clear 4xx."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.split(";")[0].strip().lower() != "application/json":
-        raise UnsupportedMediaType(
-            f"send the body as application/json (got {content_type or 'no content type'!r})"
-        )
-    declared = request.headers.get("content-length")
-    too_large = PayloadTooLarge(f"request body is larger than the limit of {max_bytes} bytes")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise too_large
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadRequest(
-            f"request body is not valid UTF-8 (byte {exc.start})", code="invalid_encoding"
-        ) from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadRequest(
-            f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-            code="invalid_json",
-        ) from None
+async def authenticated(request: Request) -> Client:
+    """The caller, by API key (401 without a valid one, when the server has keys)."""
+    return request.app.state.keys.authenticate(request.headers)
 
 
-def parse_speech_request(data: Any) -> SpeechRequest:
-    if not isinstance(data, dict):
-        raise BadRequest("request body must be a JSON object", code="invalid_json")
-    try:
-        return SpeechRequest.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        message, param = validation_message(first)
-        raise BadRequest(message, param=param, code=first.get("type")) from None
+AUTH = [Depends(authenticated)]
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 2)
 
 
 def _unspeakable() -> BadRequest:
@@ -123,7 +98,7 @@ def _unspeakable() -> BadRequest:
 
 
 @serve.deployment(
-    max_ongoing_requests=256,
+    max_ongoing_requests=1024,
     ray_actor_options={"num_cpus": 0.25},
     health_check_period_s=10,
 )
@@ -142,16 +117,26 @@ class Ingress:
         }
         self.metrics = IngressMetrics()
         app.state.metrics = self.metrics
-        self.backlog = Backlog(on_change=self._backlog_changed)
+        app.state.keys = KeyStore(self.config)
+        share = self.config.batch_lane_share
+        self.backlog = Backlog(
+            capacity=self.config.items_in_flight,
+            lanes={"interactive": 1 - share, "batch": share},
+            on_change=self._backlog_changed,
+        )
+        self.admission = Admission(self.config, self.backlog)
 
     def _backlog_changed(self, items: int, cancelled: bool) -> None:
         self.metrics.items_in_flight.set(items)
         if cancelled:
             self.metrics.items_cancelled.inc()
 
+    def _error(self, exc: Exception) -> ChorusError:
+        return as_chorus_error(exc, self.admission.retry_after_s())
+
     def _stream_error(self, exc: Exception) -> ChorusError:
         """A failure after a stream's 200 went out: counted, then told in-band."""
-        error = as_chorus_error(exc)
+        error = self._error(exc)
         self.metrics.stream_failures.inc(tags={"reason": reason_for(error.status, error.code)})
         return error
 
@@ -188,16 +173,29 @@ class Ingress:
             }
         },
     )
-    async def create_speech(self, request: Request) -> Response:
+    async def create_speech(
+        self, request: Request, client: Annotated[Client, Depends(authenticated)]
+    ) -> Response:
         """Generate audio from text (OpenAI-compatible); whole, streamed, or as events."""
         arrived = time.monotonic()
         req = parse_speech_request(await read_json_body(request, self.config.max_body_bytes))
         voice, fmt, rate, sentences = self._plan(req)
+        asked, deadline_s = urgency(req, request.headers, self.config)
+        lane = self.admission.lane(client, asked)
         voicing = Voicing.create(voice, req.speed, req.seed)
-        work = self.backlog.request(self.synthesizer.synthesize.remote)
+        work = self.admission.admit(
+            client, lane, len(req.input), deadline_s, self.synthesizer.synthesize.remote
+        )
         tick = self.config.heartbeat_s if req.stream_format == "sse" else None
-        events = self._speech(work, req, voice, sentences, voicing, tick, arrived)
-        headers = {"X-Chorus-Voice": voice.id, "X-Chorus-Sample-Rate": str(rate)}
+        events = self._speech(work, req, voice, sentences, voicing, tick, arrived, deadline_s)
+        # NOTE: a stream whose body never starts (client gone first) never runs `_speech`'s
+        # finally; dropping the generator then releases the request's admission.
+        weakref.finalize(events, work.close)
+        headers = {
+            "X-Chorus-Voice": voice.id,
+            "X-Chorus-Sample-Rate": str(rate),
+            "X-Chorus-Lane": lane,
+        }
         if req.stream_format is None:
             return await self._whole(events, req, voice.sample_rate, fmt, rate, headers)
         encoder = audio.StreamEncoder(fmt, voice.sample_rate, rate)
@@ -214,8 +212,10 @@ class Ingress:
         except StopAsyncIteration:
             raise _unspeakable() from None
         except Exception as exc:
-            raise as_chorus_error(exc) from None
+            raise self._error(exc) from None
         assert first is not None  # ticks come only with an SSE heartbeat
+        # NOTE: model time is known only at the end: chunked streams carry the queue time.
+        headers["X-Chorus-Queue-Seconds"] = f"{first.queue_s:.3f}"
         return StreamingResponse(
             audio_body(first, events, encoder, self._stream_error),
             media_type=fmt.media_type,
@@ -257,33 +257,32 @@ class Ingress:
         voicing: Voicing,
         tick_s: float | None,
         arrived: float,
+        deadline_s: float,
     ) -> AsyncIterator[Spoken | None]:
         """The request's sentences as they are ready (None: a heartbeat is due). Closing this
-        cancels whatever the request still has queued. Records the request's metrics and its
-        one log line."""
-        tags = {"voice": voice.id, "stream": req.stream_format or "none", "lane": "default"}
+        cancels whatever the request still has queued and ends its admission. Records the
+        request's metrics and its one log line."""
+        tags = {"voice": voice.id, "stream": req.stream_format or "none", "lane": work.lane}
         outcome, audio_s, queue_s, model_s = "cancelled", 0.0, None, 0.0
         try:
-            with self.backlog.running():
-                audio_in_order = ordered_audio(
-                    self.frontends[voice.id].sentences(sentences),
-                    voicing,
-                    work,
-                    self.config.lookahead_items,
-                    self.config.lookahead_start_items,
-                )
-                parts = spoken(audio_in_order, voice.sample_rate, self.config.sentence_pause_s)
-                events = paced(parts, tick_s, self.config.request_timeout_s)
-                async with contextlib.aclosing(events):
-                    async for part in events:
-                        if part is not None:
-                            if queue_s is None:
-                                queue_s = part.queue_s
-                                self.metrics.first_audio.observe(
-                                    time.monotonic() - arrived, tags=tags
-                                )
-                            audio_s, model_s = part.end_s, model_s + part.model_s
-                        yield part
+            audio_in_order = ordered_audio(
+                self.frontends[voice.id].sentences(sentences),
+                voicing,
+                work,
+                self.config.lookahead_items,
+                self.config.lookahead_start_items,
+            )
+            parts = spoken(audio_in_order, voice.sample_rate, self.config.sentence_pause_s)
+            left_s = deadline_s - (time.monotonic() - arrived)
+            events = paced(parts, tick_s, left_s, deadline_s)
+            async with contextlib.aclosing(events):
+                async for part in events:
+                    if part is not None:
+                        if queue_s is None:
+                            queue_s = part.queue_s
+                            self.metrics.first_audio.observe(time.monotonic() - arrived, tags=tags)
+                        audio_s, model_s = part.end_s, model_s + part.model_s
+                    yield part
             outcome = "ok"
             self.metrics.latency.observe(time.monotonic() - arrived, tags=tags)
             self.metrics.audio_seconds.inc(audio_s, tags={"voice": voice.id})
@@ -292,10 +291,13 @@ class Ingress:
             outcome = f"failed ({type(exc).__name__})"  # the caller maps and reports it
             raise
         finally:
+            work.close(completed=outcome == "ok")
             logger.info(
                 "speech %s",
                 outcome,
                 extra={
+                    "client": work.client,
+                    "lane": work.lane,
                     "voice": voice.id,
                     "characters": len(req.input),
                     "stream": tags["stream"],
@@ -319,7 +321,7 @@ class Ingress:
         try:
             parts = [part async for part in events if part is not None]
         except Exception as exc:
-            raise as_chorus_error(exc) from None
+            raise self._error(exc) from None
         if not parts:
             raise _unspeakable()
         # NOTE: joining, resampling and encoding minutes of audio must not stall the event loop.
@@ -338,20 +340,35 @@ class Ingress:
         headers |= {
             "X-Chorus-Sentences": str(len(parts)),
             "X-Chorus-Audio-Seconds": f"{seconds:.3f}",
+            "X-Chorus-Queue-Seconds": f"{parts[0].queue_s:.3f}",
+            "X-Chorus-Model-Seconds": f"{sum(p.model_s for p in parts):.3f}",
         }
         return Response(body, media_type=fmt.media_type, headers=headers)
 
-    @app.get("/v1/queue", response_model=QueueInfo)
+    @app.get("/v1/queue", response_model=QueueInfo, dependencies=AUTH)
     async def queue(self) -> QueueInfo:
-        """This ingress replica's outstanding work, and the wait a new request would see."""
-        state = self.backlog.state()
+        """This ingress replica's outstanding work, and the wait a new request would see,
+        overall and per priority lane."""
+        backlog = self.backlog
+        state = backlog.state()
         rate = state.phonemes_per_s
+        lanes = {}
+        for i, lane in enumerate(backlog.lanes):
+            ahead = backlog.remaining(set(list(backlog.lanes)[: i + 1]))
+            lanes[lane] = LaneInfo(
+                requests=sum(w.lane == lane for w in backlog.active),
+                items_waiting=backlog.waiting(lane),
+                estimated_wait_s=_rounded(backlog.state(lane).wait_s()),
+                backlog_s=None if rate is None else round(ahead / rate, 2),
+            )
         return QueueInfo(
-            requests=self.backlog.requests,
+            requests=backlog.requests,
             items=state.items,
             phonemes=state.phonemes,
             phonemes_per_s=None if rate is None else round(rate, 1),
-            estimated_wait_s=state.wait_s(),
+            estimated_wait_s=_rounded(state.wait_s()),
+            items_in_flight=backlog.in_flight,
+            lanes=lanes,
         )
 
     async def live_tasks(self) -> dict[str, int]:
@@ -360,11 +377,16 @@ class Ingress:
         names = [t.get_name() for t in asyncio.all_tasks()]
         return dict(Counter(n for n in names if n.startswith("chorus-")))
 
-    @app.get("/v1/models", response_model=ModelList)
+    @app.get("/v1/models", response_model=ModelList, dependencies=AUTH)
     async def list_models(self) -> ModelList:
         return ModelList(data=[ModelCard(id=m) for m in self.config.models])
 
-    @app.get("/v1/models/{model_id}", response_model=ModelCard, responses={404: _ERRORS[400]})
+    @app.get(
+        "/v1/models/{model_id}",
+        response_model=ModelCard,
+        responses={404: _ERRORS[400]},
+        dependencies=AUTH,
+    )
     async def get_model(self, model_id: str) -> ModelCard:
         if model_id not in self.config.models:
             raise NotFound(
@@ -372,7 +394,7 @@ class Ingress:
             )
         return ModelCard(id=model_id)
 
-    @app.get("/v1/audio/voices", response_model=VoiceList)
+    @app.get("/v1/audio/voices", response_model=VoiceList, dependencies=AUTH)
     async def list_voices(self) -> VoiceList:
         return VoiceList(
             data=[
@@ -400,6 +422,6 @@ class Ingress:
                 info = await self.synthesizer.ready.remote()
         except (TimeoutError, BackPressureError, RayActorError):
             raise Overloaded(
-                "no model replica answered in time", code="not_ready", headers={"Retry-After": "5"}
+                "no model replica answered in time", code="not_ready", headers=retry_after(5)
             ) from None
         return {"status": "ready", **info}

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .audio import SUPPORTED
+from .config import Lane
 
 Speed = Annotated[float, Field(ge=0.25, le=4.0)]
 Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
@@ -55,6 +56,18 @@ class SpeechRequest(BaseModel):
         None,
         description="Chorus extension: output sample rate. Default: 24000 for pcm and opus, "
         "the voice's own rate otherwise.",
+    )
+    priority: Lane | None = Field(
+        None,
+        description="Chorus extension: 'interactive' (goes first) or 'batch' (keeps a small "
+        "guaranteed share). Default: the API key's default lane. Header: X-Chorus-Priority.",
+    )
+    deadline_s: float | None = Field(
+        None,
+        gt=0,
+        description="Chorus extension: seconds from arrival by which the audio must be "
+        "done. Refused at once with 503 if the queue says it cannot be met; 504 if it runs "
+        "out. Default: the server's request_timeout_s. Header: X-Chorus-Deadline.",
     )
 
     @field_validator("response_format")
@@ -107,6 +120,23 @@ class QueueInfo(BaseModel):
     )
     estimated_wait_s: float | None = Field(
         description="How long a new request would wait for its first sentence."
+    )
+    items_in_flight: int = Field(description="Items at the model replicas now.")
+    lanes: dict[str, LaneInfo] = Field(description="The same per priority lane.")
+
+
+class LaneInfo(BaseModel):
+    """One priority lane, as a new request in it would see the queue."""
+
+    requests: int = Field(description="Requests of this lane in progress.")
+    items_waiting: int = Field(description="Their sentence items waiting for the model.")
+    estimated_wait_s: float | None = Field(
+        description="Upper bound on the wait for a new request's first sentence (the fair "
+        "scheduler often serves it sooner); null before any work finished."
+    )
+    backlog_s: float | None = Field(
+        description="Admitted work that goes before or beside a new request here, in "
+        "seconds at the measured rate; past max_backlog_s new requests get 503."
     )
 
 

@@ -136,10 +136,11 @@ async def spoken(
 
 
 async def paced(
-    source: AsyncIterator[T], tick_s: float | None, timeout_s: float
+    source: AsyncIterator[T], tick_s: float | None, timeout_s: float, deadline_s: float = 0.0
 ) -> AsyncIterator[T | None]:
     """`source`'s items, produced by a task of their own; None whenever `tick_s` passes
-    without one (a chance to send a heartbeat). TimeoutError once `timeout_s` has passed.
+    without one (a chance to send a heartbeat). TimeoutError once `timeout_s` has passed
+    (the rest of the request's deadline of `deadline_s`, named in the error).
 
     Closing this (client gone, error) cancels the task, and so `source`'s pending work.
     """
@@ -162,7 +163,9 @@ async def paced(
         while True:
             wait = deadline - loop.time()
             if wait <= 0:
-                raise TimeoutError(f"not finished within {timeout_s:g} s")
+                raise TimeoutError(
+                    f"not finished within its deadline of {deadline_s or timeout_s:g} s"
+                )
             try:
                 item, error = await asyncio.wait_for(queue.get(), min(tick_s or wait, wait))
             except TimeoutError:

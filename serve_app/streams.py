@@ -62,6 +62,7 @@ async def sse_body(
     """Queue updates until the first audio, then a delta and a timing event per sentence,
     then `speech.audio.done`; an `error` event if anything fails on the way."""
     phonemes = frames = sentences = 0
+    queue_s, model_s = None, 0.0
     try:
         yield _queue_event(ahead())
         async for part in events:
@@ -72,6 +73,8 @@ async def sse_body(
                 yield _delta(data)
             yield event({"type": "speech.sentence", **part.timing()})
             sentences += 1
+            queue_s = part.queue_s if queue_s is None else queue_s
+            model_s += part.model_s
             phonemes += part.phonemes
             frames += part.audio.size // SAMPLES_PER_FRAME
         if data := await asyncio.to_thread(encoder.close):
@@ -86,6 +89,8 @@ async def sse_body(
                 },
                 "sentences": sentences,
                 "audio_seconds": round(encoder.samples / encoder.rate, 3),
+                "queue_s": round(queue_s or 0.0, 3),
+                "model_s": round(model_s, 3),
             }
         )
     except Exception as exc:

@@ -46,6 +46,10 @@ CASES = {
     "unknown stream_format": (with_(stream_format="websocket"), 400, "stream_format"),
     "timings with streamed audio": (with_(stream_format="audio", timings=True), 400, None),
     "timings not a boolean": (with_(timings="yes"), 400, "timings"),
+    "unknown priority": (with_(priority="urgent"), 400, "priority"),
+    "negative deadline": (with_(deadline_s=-1), 400, "deadline_s"),
+    "deadline past the server's maximum": (with_(deadline_s=86400), 400, "deadline_s"),
+    "deadline as text": (with_(deadline_s="soon"), 400, "deadline_s"),
     "malformed JSON": (b'{"model": "tts-1", "input": "Hi",', 400, None),
     "JSON array": (b'["tts-1"]', 400, None),
     "non-UTF-8 bytes": (
@@ -66,6 +70,21 @@ def test_bad_request_gets_4xx_envelope(client, case: str) -> None:
     error = assert_envelope(response, status)
     assert error["param"] == param
     assert error["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("header", "value", "param"),
+    [
+        ("X-Chorus-Priority", "urgent", "priority"),
+        ("X-Chorus-Deadline", "soon", "deadline_s"),
+        ("X-Chorus-Deadline", "-5", "deadline_s"),
+        ("X-Chorus-Deadline", "nan", "deadline_s"),
+        ("X-Chorus-Deadline", "99999", "deadline_s"),
+    ],
+)
+def test_bad_priority_or_deadline_headers_are_400(client, header, value, param) -> None:
+    response = client.post("/v1/audio/speech", json=OK, headers={header: value})
+    assert assert_envelope(response, 400)["param"] == param
 
 
 def test_wrong_content_type_is_415(client) -> None:

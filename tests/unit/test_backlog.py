@@ -1,4 +1,5 @@
-"""Queue position, wait estimate and drain rate of the ingress's outstanding work."""
+"""The ingress's queue: items wait for room in flight, lanes and fair shares decide who goes
+next, and positions, drain rate and finish estimates come out of it."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ class Clock:
         return self.now
 
 
-def item(phonemes: int) -> SynthesisItem:
-    return SynthesisItem("v", (1,) * phonemes, 1.0, 0.667, 0.8, 0)
+def item(phonemes: int, seed: int = 0) -> SynthesisItem:
+    return SynthesisItem("v", (1,) * phonemes, 1.0, 0.667, 0.8, seed)
 
 
 class Response:
@@ -39,16 +40,30 @@ class Response:
 
 
 class Replica:
-    """Items finish when the test says so."""
+    """Items finish when the test says so; `sent` is what reached the replica, in order."""
 
     def __init__(self) -> None:
         self.futures: list[asyncio.Future] = []
         self.responses: list[Response] = []
+        self.sent: list[int] = []
 
-    def send(self, _item: SynthesisItem) -> Response:
+    def send(self, it: SynthesisItem) -> Response:
+        self.sent.append(it.seed)
         self.futures.append(asyncio.get_running_loop().create_future())
         self.responses.append(Response(self.futures[-1]))
         return self.responses[-1]
+
+    async def finish_next(self, backlog: Backlog, clock: Clock, seconds: float = 1.0) -> None:
+        """The oldest unfinished call finishes after `seconds`."""
+        await settle()
+        clock.now += seconds
+        next(f for f in self.futures if not f.done()).set_result("audio")
+        await settle()
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
 
 
 def one_request(on_change=None) -> tuple[Clock, Replica, Backlog, RequestWork]:
@@ -67,8 +82,7 @@ def test_position_and_wait_come_from_work_ahead_and_measured_rate() -> None:
         mine = late(item(10))
         assert (late.ahead().items, late.ahead().phonemes) == (2, 150)
         assert late.ahead().wait_s() is None  # nothing has finished: no honest estimate yet
-        clock.now += 2.0
-        replica.futures[0].set_result("audio")
+        await replica.finish_next(backlog, clock, 2.0)
         assert await first[0] == "audio"
         assert late.ahead().items == 1
         assert backlog.state().phonemes_per_s == pytest.approx(50.0)  # 100 phonemes in 2 s
@@ -78,9 +92,110 @@ def test_position_and_wait_come_from_work_ahead_and_measured_rate() -> None:
         replica.futures[2].set_result("audio")
         await asyncio.gather(first[1], mine)
         assert backlog.state().items == 0 and backlog.state().phonemes == 0
-        with backlog.running(), backlog.running():
-            assert backlog.requests == 2
-        assert backlog.requests == 0
+        assert backlog.requests == 2
+        early.close(completed=True)
+        late.close()
+        late.close()  # twice is harmless
+        assert backlog.requests == 0 and not backlog.per_client
+
+    asyncio.run(run())
+
+
+def test_only_capacity_items_reach_the_replicas_and_a_waiting_item_given_up_never_does() -> None:
+    async def run() -> None:
+        clock, replica = Clock(), Replica()
+        backlog = Backlog(capacity=2, clock=clock)
+        work = backlog.request(replica.send)
+        pending = [work(item(10, seed=i)) for i in range(4)]
+        await settle()
+        assert replica.sent == [0, 1] and backlog.in_flight == 2
+        assert backlog.waiting("interactive") == 2
+        pending[2].cancel()
+        await replica.finish_next(backlog, clock)
+        assert replica.sent == [0, 1, 3]  # item 2 was dropped while it waited here
+        await replica.finish_next(backlog, clock)
+        await replica.finish_next(backlog, clock)
+        assert [await p for p in (pending[0], pending[1], pending[3])] == ["audio"] * 3
+        assert backlog.in_flight == 0 and backlog.state().items == 0
+
+    asyncio.run(run())
+
+
+def test_interactive_goes_first_and_batch_keeps_its_share() -> None:
+    async def run() -> None:
+        clock, replica = Clock(), Replica()
+        backlog = Backlog(capacity=1, lanes={"interactive": 0.75, "batch": 0.25}, clock=clock)
+        bulk = backlog.request(replica.send, lane="batch")
+        for i in range(10):
+            bulk(item(10, seed=100 + i))
+        await settle()  # item 100 is in flight before anything interactive arrives
+        chat = backlog.request(replica.send, lane="interactive")
+        for i in range(9):
+            chat(item(10, seed=i))
+        for _ in range(12):
+            await replica.finish_next(backlog, clock)
+        # 3 interactive items per batch item while both wait: batch never starves; once
+        # interactive work is done, batch has the model to itself
+        assert replica.sent == [100, 0, 1, 2, 101, 3, 4, 5, 102, 6, 7, 8, 103]
+
+    asyncio.run(run())
+
+
+def test_a_light_key_gets_an_equal_share_against_a_heavy_one() -> None:
+    async def run() -> None:
+        clock, replica = Clock(), Replica()
+        backlog = Backlog(capacity=1, clock=clock)
+        heavy = [backlog.request(replica.send, client="heavy") for _ in range(10)]
+        for n, work in enumerate(heavy):
+            for i in range(3):
+                work(item(10, seed=1000 + 10 * n + i))
+        light = backlog.request(replica.send, client="light")
+        for i in range(3):
+            light(item(10, seed=i))
+        for _ in range(8):
+            await replica.finish_next(backlog, clock)
+        served = replica.sent[:8]
+        assert [s for s in served if s < 1000] == [0, 1, 2], served  # all 3 in the first 8
+        # the heavy key's requests share its half: its first 4 items come from 4 requests
+        assert len({(s - 1000) // 10 for s in served if s >= 1000}) >= 4, served
+
+    asyncio.run(run())
+
+
+def test_finish_estimate_shares_the_model_between_requests() -> None:
+    async def run() -> None:
+        clock, replica = Clock(), Replica()
+        backlog = Backlog(capacity=1, clock=clock)
+        work = backlog.request(replica.send, chars=0)
+        work(item(100))
+        await replica.finish_next(backlog, clock, 1.0)  # rate: 100 phonemes/s
+        backlog.phonemes_per_char = 1.6
+        long = backlog.request(replica.send, chars=1000)  # 1600 phonemes estimated
+        short = backlog.request(replica.send, chars=10)  # 16
+        assert (long.remaining(), short.remaining()) == (1600, 16)
+        # a new 50-phoneme request: its own 50, the short one's 16, 50 of the long one's
+        assert backlog.finish_s("interactive", 50) == pytest.approx((50 + 16 + 50) / 100)
+        bulk = backlog.request(replica.send, lane="batch", chars=100)
+        # batch work takes its share from interactive work, and waits for all of it
+        assert backlog.finish_s("interactive", 50) == pytest.approx(1.16 / 0.9)
+        assert backlog.finish_s("batch", 50) == pytest.approx((50 + 1616 + 50) / 100)
+        assert bulk.remaining() == 160
+        assert backlog.remaining({"interactive"}) == 1616
+
+    asyncio.run(run())
+
+
+def test_phonemes_per_character_is_learnt_from_finished_requests() -> None:
+    async def run() -> None:
+        clock, replica = Clock(), Replica()
+        backlog = Backlog(clock=clock)
+        for _ in range(20):
+            work = backlog.request(replica.send, chars=100)
+            pending = work(item(300))
+            await replica.finish_next(backlog, clock)
+            await pending
+            work.close(completed=True)
+        assert backlog.phonemes_per_char == pytest.approx(3.0, rel=0.02)
 
     asyncio.run(run())
 
@@ -89,13 +204,11 @@ def test_idle_time_does_not_slow_the_measured_rate() -> None:
     async def run() -> None:
         clock, replica, backlog, work = one_request()
         pending = work(item(100))
-        clock.now += 1.0
-        replica.futures[-1].set_result(None)
+        await replica.finish_next(backlog, clock, 1.0)
         await pending
         clock.now += 3600.0  # an idle hour
         pending = work(item(100))
-        clock.now += 1.0
-        replica.futures[-1].set_result(None)
+        await replica.finish_next(backlog, clock, 1.0)
         await pending
         assert backlog.state().phonemes_per_s == pytest.approx(100.0)
 
@@ -107,13 +220,13 @@ def test_cancelled_work_leaves_the_queue_and_the_replica_call_is_cancelled() -> 
         changes: list[tuple[int, bool]] = []
         clock, replica, backlog, work = one_request(lambda *change: changes.append(change))
         pending = work(item(100))
-        await asyncio.sleep(0)
+        await settle()
         clock.now += 5.0
         pending.cancel()
         with pytest.raises(asyncio.CancelledError):
             await pending
         assert replica.responses[0].cancelled
-        assert backlog.state().items == 0
+        assert backlog.state().items == 0 and backlog.in_flight == 0
         assert backlog.state().phonemes_per_s is None  # dropped work drained nothing
         assert changes == [(1, False), (0, True)]  # what the in-flight and cancelled metrics see
 
@@ -125,9 +238,10 @@ def test_failed_work_leaves_the_queue() -> None:
         replica = Replica()
         backlog = Backlog(clock=Clock())
         pending = backlog.request(replica.send)(item(10))
+        await settle()
         replica.futures[0].set_exception(RuntimeError("boom"))
         with pytest.raises(RuntimeError):
             await pending
-        assert backlog.state().items == 0
+        assert backlog.state().items == 0 and backlog.in_flight == 0
 
     asyncio.run(run())

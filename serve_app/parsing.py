@@ -1,0 +1,88 @@
+"""Reading a speech request: the JSON body under a size cap, its validation, and its
+urgency (priority lane and deadline, from the body or headers). Every failure is a clear 4xx."""
+
+import json
+from typing import Any
+
+from fastapi import Request
+from pydantic import ValidationError
+
+from .config import LANE_NAMES, AppConfig
+from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, validation_message
+from .schemas import SpeechRequest
+
+
+async def read_json_body(request: Request, max_bytes: int) -> Any:
+    """The request's JSON body, read with a size cap; every failure is a clear 4xx."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise UnsupportedMediaType(
+            f"send the body as application/json (got {content_type or 'no content type'!r})"
+        )
+    declared = request.headers.get("content-length")
+    too_large = PayloadTooLarge(f"request body is larger than the limit of {max_bytes} bytes")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise too_large
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(
+            f"request body is not valid UTF-8 (byte {exc.start})", code="invalid_encoding"
+        ) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(
+            f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            code="invalid_json",
+        ) from None
+
+
+def parse_speech_request(data: Any) -> SpeechRequest:
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object", code="invalid_json")
+    try:
+        return SpeechRequest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        message, param = validation_message(first)
+        raise BadRequest(message, param=param, code=first.get("type")) from None
+
+
+def urgency(req: SpeechRequest, headers: Any, config: AppConfig) -> tuple[str | None, float]:
+    """The lane a request asks for (body `priority` or X-Chorus-Priority; None: its key's
+    default) and its deadline in seconds (body `deadline_s` or X-Chorus-Deadline, else the
+    server's default)."""
+    asked = req.priority or headers.get("x-chorus-priority")
+    if asked is not None and asked not in LANE_NAMES:
+        raise BadRequest(
+            f"unknown priority {asked[:32]!r}; use one of {', '.join(LANE_NAMES)}",
+            param="priority",
+            code="unknown_priority",
+        )
+    deadline = req.deadline_s
+    if deadline is None and "x-chorus-deadline" in headers:
+        try:
+            deadline = float(headers["x-chorus-deadline"])
+        except ValueError:
+            deadline = -1.0
+        if not 0 < deadline < float("inf"):
+            raise BadRequest(
+                "X-Chorus-Deadline must be a positive number of seconds",
+                param="deadline_s",
+                code="invalid_deadline",
+            )
+    deadline = deadline or config.request_timeout_s
+    if deadline > config.max_deadline_s:
+        raise BadRequest(
+            f"deadline of {deadline:g} s is longer than this server's maximum of "
+            f"{config.max_deadline_s:g} s",
+            param="deadline_s",
+            code="deadline_too_long",
+        )
+    return asked, deadline

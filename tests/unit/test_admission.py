@@ -1,0 +1,170 @@
+"""The door: API keys, lanes, token buckets, concurrency caps, room and deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import yaml
+
+from serve_app.admission import Admission
+from serve_app.backlog import Backlog
+from serve_app.config import AppConfig, hash_key
+from serve_app.errors import Forbidden, Overloaded, RateLimited, Unauthorized
+from serve_app.keys import KeyStore, TokenBucket, main
+from tests.unit.test_backlog import Clock, Replica, item
+
+pytestmark = pytest.mark.timeout(30)
+
+KEY = "k" * 32
+
+
+def config(**args) -> AppConfig:
+    return AppConfig.model_validate(args)
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def test_token_bucket_refills_at_its_rate_up_to_its_burst() -> None:
+    clock = Clock()
+    bucket = TokenBucket(rate=2.0, burst=4, clock=clock)
+    assert bucket.wait_s(4) == 0
+    bucket.take(4)
+    assert bucket.wait_s(1) == pytest.approx(0.5)
+    clock.now += 10
+    assert bucket.wait_s(4) == 0 and bucket.wait_s(5) == pytest.approx(0.5)  # capped at burst
+
+
+def test_keys_are_checked_by_hash_and_never_kept() -> None:
+    cfg = config(api_keys=[{"name": "alice", "key": KEY}, {"name": "bob", "sha256": "a" * 64}])
+    assert cfg.api_keys[0].key is None and cfg.api_keys[0].sha256 == hash_key(KEY)
+    assert KEY not in cfg.model_dump_json()
+    store = KeyStore(cfg)
+    assert store.authenticate(bearer(KEY)).name == "alice"
+    assert store.authenticate({"x-api-key": KEY}).name == "alice"
+    for headers in ({}, bearer("wrong-key-wrong-key"), {"authorization": f"Basic {KEY}"}):
+        with pytest.raises(Unauthorized) as err:
+            store.authenticate(headers)
+        assert err.value.status == 401 and KEY not in err.value.message
+    assert KeyStore(config()).authenticate({}).name == "anonymous"  # no keys: open
+
+
+def test_keys_file_is_reread_when_it_changes(tmp_path) -> None:
+    path = tmp_path / "keys.yaml"
+    path.write_text(yaml.safe_dump([{"name": "alice", "sha256": hash_key(KEY)}]))
+    clock = Clock()
+    store = KeyStore(config(api_keys_file=str(path)), clock=clock)
+    assert store.authenticate(bearer(KEY)).name == "alice"
+    path.write_text(yaml.safe_dump([{"name": "carol", "sha256": hash_key("c" * 20)}]))
+    clock.now += 10
+    with pytest.raises(Unauthorized):
+        store.authenticate(bearer(KEY))  # revoked
+    assert store.authenticate(bearer("c" * 20)).name == "carol"
+    path.write_text("- name: [broken")
+    clock.now += 10
+    assert store.authenticate(bearer("c" * 20)).name == "carol"  # a bad edit keeps the keys
+
+
+def test_config_refuses_limits_no_input_could_pass() -> None:
+    with pytest.raises(ValueError, match="chars_burst"):
+        config(key_limits={"chars_burst": 100})
+    with pytest.raises(ValueError, match="exactly one"):
+        config(api_keys=[{"name": "x"}])
+    with pytest.raises(ValueError, match="default_lane"):
+        config(
+            api_keys=[{"name": "x", "key": KEY, "lanes": ["batch"], "default_lane": "interactive"}]
+        )
+
+
+def test_key_tool_prints_a_key_and_its_entry(capsys) -> None:
+    main(["new", "alice"])
+    out = capsys.readouterr().out
+    key = out.split(": ")[1].split()[0]
+    assert f"sha256: {hash_key(key)}" in out
+
+
+def door(clock: Clock, **args) -> tuple[Admission, KeyStore, Backlog, Replica]:
+    cfg = config(**args)
+    backlog = Backlog(capacity=1, clock=clock)
+    return Admission(cfg, backlog), KeyStore(cfg, clock=clock), backlog, Replica()
+
+
+def test_lanes_are_limited_per_key() -> None:
+    admission, keys, _, _ = door(
+        Clock(), api_keys=[{"name": "bulk", "key": KEY, "lanes": ["batch"]}]
+    )
+    client = keys.authenticate(bearer(KEY))
+    assert admission.lane(client, None) == "batch"
+    with pytest.raises(Forbidden):
+        admission.lane(client, "interactive")
+
+
+def test_rate_limits_answer_429_with_the_wait_and_refusals_cost_nothing() -> None:
+    clock = Clock()
+    limits = {"requests_per_s": 0.1, "requests_burst": 2, "chars_per_s": 100, "chars_burst": 4096}
+    admission, keys, _, replica = door(
+        clock, api_keys=[{"name": "a", "key": KEY, "limits": limits}]
+    )
+    client = keys.authenticate(bearer(KEY))
+    admission.admit(client, "interactive", 4000, 60, replica.send).close()
+    with pytest.raises(RateLimited) as err:
+        admission.admit(client, "interactive", 500, 60, replica.send)
+    assert err.value.status == 429 and err.value.headers["Retry-After"] == "5"  # 404 chars short
+    clock.now += 5
+    admission.admit(client, "interactive", 500, 60, replica.send).close()
+    with pytest.raises(RateLimited) as err:  # the request bucket: 2, then 1 per 10 s
+        admission.admit(client, "interactive", 1, 60, replica.send)
+    assert err.value.headers["Retry-After"] == "5"  # 0.5 requests left after 5 s
+
+
+def test_concurrent_requests_are_capped_per_key() -> None:
+    limits = {"max_concurrent": 2}
+    admission, keys, backlog, replica = door(
+        Clock(), api_keys=[{"name": "a", "key": KEY, "limits": limits}]
+    )
+    client = keys.authenticate(bearer(KEY))
+    works = [admission.admit(client, "interactive", 10, 60, replica.send) for _ in range(2)]
+    with pytest.raises(RateLimited) as err:
+        admission.admit(client, "interactive", 10, 60, replica.send)
+    assert err.value.code == "too_many_concurrent_requests"
+    works[0].close()
+    admission.admit(client, "interactive", 10, 60, replica.send)
+
+
+def test_a_full_queue_or_an_unmeetable_deadline_is_refused_with_a_measured_retry_after() -> None:
+    async def run() -> None:
+        clock = Clock()
+        admission, keys, backlog, replica = door(clock, max_backlog_s=10)
+        client = keys.authenticate({})
+        warm = admission.admit(client, "interactive", 0, 60, replica.send)
+        pending = warm(item(100))
+        await asyncio.sleep(0)
+        clock.now += 1.0
+        replica.futures[0].set_result("audio")
+        await pending
+        warm.close()
+        backlog.phonemes_per_char = 1.6  # as if learnt
+        # 100 phonemes/s measured
+        admission.admit(client, "batch", 1000, 60, replica.send)  # 16 s of batch work
+        admission.admit(client, "interactive", 500, 60, replica.send)  # batch does not count
+        with pytest.raises(Overloaded) as err:
+            admission.admit(client, "batch", 10, 60, replica.send)
+        assert err.value.headers["Retry-After"] == "15"  # 24.16 s of work must drain to 10
+        with pytest.raises(Overloaded) as err:
+            admission.admit(client, "interactive", 100, 1.0, replica.send)
+        assert err.value.code == "deadline_unmeetable"
+        # 160 own + 160 of the other's 800, at 90% of 100/s (batch work keeps 10%)
+        assert err.value.headers["Retry-After"] == str(round(320 / 90 - 1 + 0.5))
+
+    asyncio.run(run())
+
+
+def test_requests_in_progress_are_bounded() -> None:
+    admission, keys, _, replica = door(Clock(), max_active_requests=2)
+    client = keys.authenticate({})
+    for _ in range(2):
+        admission.admit(client, "interactive", 10, 60, replica.send)
+    with pytest.raises(Overloaded):
+        admission.admit(client, "interactive", 10, 60, replica.send)
