@@ -12,10 +12,11 @@ test: $(STAMP)  ## lint, then every test
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)  ## engine, server and streaming benchmarks (load_tests/)
+bench: $(STAMP)  ## engine, server, streaming and admission benchmarks (load_tests/)
 	$(BIN)/python -m load_tests.bench_engine
 	$(BIN)/python -m load_tests.bench_server
 	$(BIN)/python -m load_tests.bench_streaming
+	$(BIN)/python -m load_tests.bench_admission
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)

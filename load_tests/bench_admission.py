@@ -8,8 +8,10 @@ response) until the server is saturated; capacity is their completed requests pe
 Then, for each load, requests arrive open-loop (Poisson) at that multiple of capacity for
 `--seconds`, and every answer is recorded: accepted (200) requests' latency and the audio
 seconds delivered per second; refused (503/429) requests' latency, status and Retry-After.
-`--max-backlog-s` lowers the server's `max_backlog_s` so that overload is reached within a
-short run (the default config's 60 s would need minutes of 2x load to fill).
+Beside each load, GET /healthz every 100 ms measures what any request costs through Serve's
+proxy at that moment, the floor under the rejection latency. `--max-backlog-s` lowers the
+server's `max_backlog_s` so that overload is reached within a short run (the default
+config's 60 s would need minutes of 2x load to fill).
 """
 
 from __future__ import annotations
@@ -73,6 +75,17 @@ async def open_loop(c: httpx.AsyncClient, rate: float, seconds: float, seed: int
             if "retry-after" in r.headers:
                 retry_after.append(int(r.headers["retry-after"]))
 
+    floor: list[float] = []
+
+    async def probe() -> None:
+        """GET /healthz every 100 ms: any request's cost through Serve's proxy right now."""
+        while True:
+            t0 = time.perf_counter()
+            await c.get("/healthz")
+            floor.append(time.perf_counter() - t0)
+            await asyncio.sleep(0.1)
+
+    prober = asyncio.create_task(probe())
     tasks = []
     start = time.perf_counter()
     i, due = 0, 0.0
@@ -83,6 +96,7 @@ async def open_loop(c: httpx.AsyncClient, rate: float, seconds: float, seed: int
         due += rng.expovariate(rate)
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - start
+    prober.cancel()
     ms = 1000
     return {
         "offered_per_s": round(i / seconds, 2),
@@ -99,6 +113,10 @@ async def open_loop(c: httpx.AsyncClient, rate: float, seconds: float, seed: int
             "p50": round(median(refused) * ms, 1),
             "p99": round(pct(refused, 99) * ms, 1),
             "max": round(max(refused, default=float("nan")) * ms, 1),
+        },
+        "healthz_latency_ms": {
+            "p50": round(median(floor) * ms, 1),
+            "p99": round(pct(floor, 99) * ms, 1),
         },
         "retry_after_s": {
             "min": min(retry_after, default=None),

@@ -46,6 +46,10 @@ class QueueState:
         return None if not self.phonemes_per_s else self.phonemes / self.phonemes_per_s
 
 
+def rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 2)
+
+
 class Backlog:
     """Every admitted request's outstanding items, handed to the replicas fairly."""
 
@@ -116,6 +120,18 @@ class Backlog:
                 count += 1
                 phonemes += tracked.phonemes
         return QueueState(count, phonemes, self.rate())
+
+    def lane_view(self, lane: str) -> dict[str, Any]:
+        """A lane as a new request in it would see the queue (see `schemas.LaneInfo`)."""
+        rate = self.rate()
+        order = list(self.lanes)
+        ahead = self.remaining(set(order[: order.index(lane) + 1]))
+        return {
+            "requests": sum(w.lane == lane for w in self.active),
+            "items_waiting": self.waiting(lane),
+            "estimated_wait_s": rounded(self.state(lane).wait_s()),
+            "backlog_s": None if rate is None else round(ahead / rate, 2),
+        }
 
     def waiting(self, lane: str) -> int:
         """Items of `lane` waiting here for their turn."""

@@ -22,7 +22,7 @@ from ray.serve.handle import DeploymentHandle
 
 from . import audio
 from .admission import Admission
-from .backlog import Backlog, RequestWork
+from .backlog import Backlog, RequestWork, rounded
 from .config import AppConfig, configure_logging
 from .errors import (
     BadRequest,
@@ -87,10 +87,6 @@ async def authenticated(request: Request) -> Client:
 
 
 AUTH = [Depends(authenticated)]
-
-
-def _rounded(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds, 2)
 
 
 def _unspeakable() -> BadRequest:
@@ -352,21 +348,13 @@ class Ingress:
         backlog = self.backlog
         state = backlog.state()
         rate = state.phonemes_per_s
-        lanes = {}
-        for i, lane in enumerate(backlog.lanes):
-            ahead = backlog.remaining(set(list(backlog.lanes)[: i + 1]))
-            lanes[lane] = LaneInfo(
-                requests=sum(w.lane == lane for w in backlog.active),
-                items_waiting=backlog.waiting(lane),
-                estimated_wait_s=_rounded(backlog.state(lane).wait_s()),
-                backlog_s=None if rate is None else round(ahead / rate, 2),
-            )
+        lanes = {lane: LaneInfo(**backlog.lane_view(lane)) for lane in backlog.lanes}
         return QueueInfo(
             requests=backlog.requests,
             items=state.items,
             phonemes=state.phonemes,
             phonemes_per_s=None if rate is None else round(rate, 1),
-            estimated_wait_s=_rounded(state.wait_s()),
+            estimated_wait_s=rounded(state.wait_s()),
             items_in_flight=backlog.in_flight,
             lanes=lanes,
         )

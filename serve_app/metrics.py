@@ -23,6 +23,7 @@ RTF = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2]
 REASONS = {
     400: "bad_input",
     401: "auth",
+    403: "auth",
     499: "client_gone",
     404: "not_found",
     405: "bad_input",
@@ -48,9 +49,9 @@ class IngressMetrics:
     def __init__(self) -> None:
         self.requests = Counter(
             "chorus_requests_total",
-            description="HTTP requests by route, status and reason (ok, bad_input, overload, "
-            "deadline, synthesis_failed, replica_unavailable, not_found, client_gone, "
-            "internal).",
+            description="HTTP requests by route, status and reason (ok, bad_input, auth, "
+            "rate_limit, overload, deadline, synthesis_failed, replica_unavailable, not_found, "
+            "client_gone, internal).",
             tag_keys=("route", "status", "reason"),
         )
         self.stream_failures = Counter(
