@@ -76,8 +76,7 @@ class Admission:
         if rate is None:
             return  # nothing has drained yet, so no honest estimate: the deadline still holds
         phonemes = round(chars * backlog.phonemes_per_char)
-        order = list(backlog.lanes)
-        queue_s = backlog.remaining(set(order[: order.index(lane) + 1])) / rate
+        queue_s = backlog.remaining(backlog.lanes_through(lane)) / rate
         over = queue_s + phonemes / rate - self.config.max_backlog_s
         if queue_s > 0 and over > 0:
             raise Overloaded(

@@ -121,11 +121,15 @@ class Backlog:
                 phonemes += tracked.phonemes
         return QueueState(count, phonemes, self.rate())
 
+    def lanes_through(self, lane: str) -> set[str]:
+        """`lane` and the lanes more urgent than it."""
+        order = list(self.lanes)
+        return set(order[: order.index(lane) + 1])
+
     def lane_view(self, lane: str) -> dict[str, Any]:
         """A lane as a new request in it would see the queue (see `schemas.LaneInfo`)."""
         rate = self.rate()
-        order = list(self.lanes)
-        ahead = self.remaining(set(order[: order.index(lane) + 1]))
+        ahead = self.remaining(self.lanes_through(lane))
         return {
             "requests": sum(w.lane == lane for w in self.active),
             "items_waiting": self.waiting(lane),

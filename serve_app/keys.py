@@ -63,6 +63,10 @@ class Client:
         )
         self.chars = lim.chars_per_s and TokenBucket(lim.chars_per_s, lim.chars_burst, self.clock)
 
+    @property
+    def settings(self) -> tuple[tuple[str, ...], str | None, float, Limits]:
+        return self.lanes, self.default_lane, self.weight, self.limits
+
     def rate_wait_s(self, chars: int) -> float:
         """How long until a request of `chars` characters fits both buckets (0: now)."""
         waits = [self.requests.wait_s(1) if self.requests else 0.0]
@@ -114,14 +118,11 @@ class KeyStore:
         weight: float,
         limits: Limits | None = None,
     ) -> Client:
-        limits = limits or self.config.key_limits
+        settings = (tuple(lanes), default_lane, weight, limits or self.config.key_limits)
         client = self._clients.get(name)
-        wanted = (tuple(lanes), default_lane, weight, limits)
-        if client is None or (client.lanes, client.default_lane, client.weight, client.limits) != (
-            wanted
-        ):
-            # NOTE: a changed key starts with full buckets; an unchanged one keeps its state.
-            client = self._clients[name] = Client(name, *wanted, clock=self._clock)
+        # NOTE: an unchanged key keeps its buckets' state; a changed one starts afresh.
+        if client is None or client.settings != settings:
+            client = self._clients[name] = Client(name, *settings, clock=self._clock)
         return client
 
     def _load(self) -> None:
