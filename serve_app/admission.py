@@ -17,6 +17,9 @@ from .engines.base import SynthesisItem
 from .errors import Forbidden, Overloaded, RateLimited, retry_after
 from .keys import Client
 
+# Busy seconds behind the measured drain rate before it may refuse a request.
+MEASURED_BUSY_S = 2.0
+
 
 class Admission:
     def __init__(self, config: AppConfig, backlog: Backlog) -> None:
@@ -72,9 +75,9 @@ class Admission:
                 "the server is at its limit of requests in progress; retry later",
                 headers=retry_after(self._first_finish_s()),
             )
-        rate = backlog.rate()
+        rate = backlog.rate(MEASURED_BUSY_S)
         if rate is None:
-            return  # nothing has drained yet, so no honest estimate: the deadline still holds
+            return  # too little has drained for an honest estimate: the deadline still holds
         phonemes = round(chars * backlog.phonemes_per_char)
         queue_s = backlog.remaining(backlog.lanes_through(lane)) / rate
         over = queue_s + phonemes / rate - self.config.max_backlog_s

@@ -96,30 +96,50 @@ class Backlog:
     def requests(self) -> int:
         return len(self.active)
 
-    def state(self, lane: str | None = None, before: int | None = None) -> QueueState:
-        """Work that goes to the model before new work in `lane` (every lane's, if None):
-        everything in flight, and what waits in that lane or a more urgent one. With
-        `before` (the ticket of a request's first item), the work ahead of that item.
+    def state(self, lane: str | None = None, work: RequestWork | None = None) -> QueueState:
+        """Everything outstanding; with `lane`, the work that goes to the model before the
+        first item of `work` (or of a new request) in that lane.
 
-        NOTE: within a lane the fair scheduler may serve a light key's item before older
-        items of a busy key, so for a light key this is an upper bound.
+        That is: the items in flight (while its first item waits; once that is in flight, the
+        ones sent before it), every waiting item of a more urgent lane, and of its own lane
+        one round of fair queuing: the head item of each other request of its key waiting
+        before it, and from each other key as many items as its own key has requests waiting.
         """
-        order = list(self.lanes)
-        rank = order.index(lane) if lane else len(order)
-        first = self._outstanding.get(before) if before is not None else None
-        still_waiting = before is None or (first is not None and not first.dispatched)
-        count = phonemes = 0
-        for ticket, tracked in self._outstanding.items():
-            older = before is None or ticket < before
-            if tracked.dispatched:
-                ahead = still_waiting or older
+        if lane is None:
+            ahead = list(self._outstanding.values())
+        else:
+            before = work.first if work else None
+            first = self._outstanding.get(before) if before is not None else None
+            if before is not None and (first is None or first.dispatched):
+                ahead = [t for k, t in self._outstanding.items() if t.dispatched and k < before]
             else:
-                lane_rank = order.index(tracked.work.lane)
-                ahead = still_waiting and (lane_rank < rank or (lane_rank == rank and older))
-            if ahead:
-                count += 1
-                phonemes += tracked.phonemes
-        return QueueState(count, phonemes, self.rate())
+                ahead = [t for t in self._outstanding.values() if t.dispatched]
+                order = list(self.lanes)
+                for urgent in order[: order.index(lane)]:
+                    ahead += self._queue.items_under((urgent,))
+                ahead += self._one_round(lane, work)
+        return QueueState(len(ahead), sum(t.phonemes for t in ahead), self.rate())
+
+    def _one_round(self, lane: str, work: RequestWork | None) -> list[Tracked[Any]]:
+        lane_node = self._queue.children.get(lane)
+        if lane_node is None:
+            return []
+        before = work.first if work else None
+        mine = lane_node.children.get(work.client) if work else None
+        rounds = max(1, sum(bool(leaf.size) for leaf in mine.children.values())) if mine else 1
+        ahead: list[Tracked[Any]] = []
+        for client in lane_node.children.values():
+            older = [
+                [t for t in leaf.items if before is None or t.ticket < before]
+                for name, leaf in client.children.items()
+                if work is None or name != id(work)
+            ]
+            if client is mine:  # its own key's other requests: one item each
+                ahead += [items[0] for items in older if items]
+            else:  # another key: as many turns as this key needs, its requests in turn
+                turns = itertools.chain.from_iterable(itertools.zip_longest(*older))
+                ahead += [t for t in turns if t is not None][:rounds]
+        return ahead
 
     def lanes_through(self, lane: str) -> set[str]:
         """`lane` and the lanes more urgent than it."""
@@ -165,12 +185,17 @@ class Backlog:
                 share -= self.lanes[slower]
         return ahead / (rate * share)
 
-    def rate(self) -> float | None:
-        """Phonemes drained per second of busy time, over the last `window_s`."""
+    def rate(self, min_busy_s: float = 0.0) -> float | None:
+        """Phonemes drained per second of busy time, over the last `window_s`; None before
+        anything finished, or before `min_busy_s` of busy time has been seen.
+
+        NOTE: a few lone short items measure mostly round trips, not the model, and read
+        slow; a decision that refuses work asks for some busy time behind the number.
+        """
         busy = self._busy_clock()
         recent = sum(p for b, p in self._done if b >= busy - self.window_s)
         span = min(self.window_s, busy)
-        return recent / span if recent and span > 0 else None
+        return recent / span if recent and span > 0 and span >= min_busy_s else None
 
     def _add(self, tracked: Tracked[Any]) -> int:
         if not self._outstanding:
@@ -241,21 +266,21 @@ class RequestWork:
         self.estimate = round(chars * backlog.phonemes_per_char)  # phonemes, all sentences
         self.names = (lane, client, id(self))
         self.path = ((lane, backlog.lanes[lane]), (client, weight), (id(self), 1.0))
-        self._first: int | None = None
+        self.first: int | None = None  # ticket of its first item
         self.outstanding = 0  # phonemes sent and not back
         self.done = 0  # phonemes synthesized
         self.closed = False
 
     def __call__(self, item: SynthesisItem) -> Tracked[Any]:
         tracked: Tracked[Any] = Tracked(self, item)
-        if self._first is None:
-            self._first = tracked.ticket
+        if self.first is None:
+            self.first = tracked.ticket
         return tracked
 
     def ahead(self) -> QueueState:
         """The work that goes before this request's first item (all of it, before that
         item is queued)."""
-        return self._backlog.state(self.lane, before=self._first)
+        return self._backlog.state(self.lane, self)
 
     def remaining(self) -> int:
         return max(self.estimate - self.done, self.outstanding)

@@ -94,6 +94,18 @@ class Fair:
         if child is not None and child.size == 0:
             del node.children[leaf]
 
+    def items_under(self, path: Sequence[Hashable] = ()) -> list[Any]:
+        """The items queued beneath the node at `path`."""
+        node: Fair | None = self
+        for name in path:
+            node = node.children.get(name) if node else None
+        if node is None:
+            return []
+        found = list(node.items)
+        for child in node.children.values():
+            found += child.items_under()
+        return found
+
     def queued(self, path: Sequence[Hashable] = ()) -> int:
         """Items queued beneath the node at `path`."""
         node: Fair | None = self

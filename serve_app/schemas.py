@@ -131,8 +131,9 @@ class LaneInfo(BaseModel):
     requests: int = Field(description="Requests of this lane in progress.")
     items_waiting: int = Field(description="Their sentence items waiting for the model.")
     estimated_wait_s: float | None = Field(
-        description="Upper bound on the wait for a new request's first sentence (the fair "
-        "scheduler often serves it sooner); null before any work finished."
+        description="Estimated wait for a new request's first sentence: items in flight, "
+        "more urgent lanes' items and one fair round of this lane; null before any work "
+        "finished."
     )
     backlog_s: float | None = Field(
         description="Admitted work that goes before or beside a new request here, in "

@@ -139,9 +139,9 @@ def test_a_full_queue_or_an_unmeetable_deadline_is_refused_with_a_measured_retry
         admission, keys, backlog, replica = door(clock, max_backlog_s=10)
         client = keys.authenticate({})
         warm = admission.admit(client, "interactive", 0, 60, replica.send)
-        pending = warm(item(100))
+        pending = warm(item(200))
         await asyncio.sleep(0)
-        clock.now += 1.0
+        clock.now += 2.0
         replica.futures[0].set_result("audio")
         await pending
         warm.close()

@@ -162,6 +162,33 @@ def test_a_light_key_gets_an_equal_share_against_a_heavy_one() -> None:
     asyncio.run(run())
 
 
+def test_position_counts_one_fair_round_not_everything_queued() -> None:
+    async def run() -> None:
+        clock, replica = Clock(), Replica()
+        backlog = Backlog(capacity=1, clock=clock)
+        heavy = [backlog.request(replica.send, client="heavy") for _ in range(3)]
+        for work in heavy:
+            for _ in range(3):
+                work(item(10))
+        await settle()  # 1 in flight, 8 waiting
+        mate = backlog.request(replica.send, client="heavy")
+        mate(item(10))
+        # one item of each other heavy request (2 waiting heads, 1 emptied) + the one in flight
+        assert mate.ahead().items == 1 + 3
+        light = backlog.request(replica.send, client="light")
+        light(item(10, seed=7))
+        assert light.ahead().items == 1 + 1  # the heavy key gets one turn before it
+        batch = backlog.request(replica.send, lane="batch", client="light")
+        batch(item(10))
+        assert batch.ahead().items == 1 + 10  # every interactive item goes first
+        assert backlog.state().items == 12
+        for _ in range(3):
+            await replica.finish_next(backlog, clock)
+        assert 7 in replica.sent[1:3]  # it went within two turns, as estimated
+
+    asyncio.run(run())
+
+
 def test_finish_estimate_shares_the_model_between_requests() -> None:
     async def run() -> None:
         clock, replica = Clock(), Replica()
