@@ -4,11 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint bench
+.PHONY: serve test lint bench browser
 serve: $(STAMP)  ## the server with the packaged voice on http://127.0.0.1:8000
 	$(BIN)/serve run deploy/serve_config.yaml
 
-test: $(STAMP)  ## lint, then every test
+test: $(STAMP) browser  ## lint, then every test
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
@@ -17,6 +17,11 @@ bench: $(STAMP)  ## engine, server, streaming and admission benchmarks (load_tes
 	$(BIN)/python -m load_tests.bench_server
 	$(BIN)/python -m load_tests.bench_streaming
 	$(BIN)/python -m load_tests.bench_admission
+
+browser:  ## Debian's Chromium, for the playground's browser test (which skips without it)
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	  >/dev/null; } || echo "No Chromium could be installed: the browser test will be skipped."
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)

@@ -14,13 +14,13 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from . import audio
+from . import audio, playground
 from .admission import Admission
 from .backlog import Backlog, RequestWork, rounded
 from .config import AppConfig, configure_logging
@@ -396,6 +396,13 @@ class Ingress:
                 for v in self.voices.values()
             ]
         )
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def playground_page(self, request: Request) -> HTMLResponse:
+        """The web playground (no key needed to load it; its requests send the key)."""
+        keys = request.app.state.keys
+        body = playground.page(request.scope.get("root_path", ""), not keys.open)
+        return HTMLResponse(body, headers=playground.HEADERS)
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:
