@@ -11,7 +11,7 @@ seconds delivered per second; refused (503/429) requests' latency, status and Re
 Beside each load, GET /healthz every 100 ms measures what any request costs through Serve's
 proxy at that moment, the floor under the rejection latency. `--max-backlog-s` lowers the
 server's `max_backlog_s` so that overload is reached within a short run (the default
-config's 60 s would need minutes of 2x load to fill).
+config's 120 s would need minutes of 2x load to fill).
 """
 
 from __future__ import annotations

@@ -73,7 +73,8 @@ class Backlog:
         self.in_flight = 0
         self._busy_total = 0.0  # seconds during which something was outstanding
         self._busy_since = 0.0
-        self._done: deque[tuple[float, int]] = deque()  # (busy clock, phonemes) of finished work
+        # (busy clock, phonemes, model seconds) of each finished item
+        self._done: deque[tuple[float, int, float]] = deque()
         self.active: set[RequestWork] = set()  # admitted requests not yet closed
         self.per_client: Counter[str] = Counter()
         self.phonemes_per_char = 2.4  # learnt from finished requests
@@ -186,16 +187,24 @@ class Backlog:
         return ahead / (rate * share)
 
     def rate(self, min_busy_s: float = 0.0) -> float | None:
-        """Phonemes drained per second of busy time, over the last `window_s`; None before
-        anything finished, or before `min_busy_s` of busy time has been seen.
+        """Phonemes drained per second over the last `window_s`; None before anything
+        finished, or before `min_busy_s` of busy time has been seen.
 
-        NOTE: a few lone short items measure mostly round trips, not the model, and read
-        slow; a decision that refuses work asks for some busy time behind the number.
+        The larger of two measures: phonemes per second of busy time (right under load,
+        whatever the number of replicas), and phonemes per second of the model's own time
+        (right when items come one at a time, since busy time then counts round trips).
+
+        NOTE: a few lone short items read the model slower than it is, even by its own time
+        (fixed costs per item); a decision that refuses work asks for busy time behind it.
         """
         busy = self._busy_clock()
-        recent = sum(p for b, p in self._done if b >= busy - self.window_s)
+        recent = [(p, m) for b, p, m in self._done if b >= busy - self.window_s]
+        phonemes = sum(p for p, _ in recent)
+        model_s = sum(m for _, m in recent)
         span = min(self.window_s, busy)
-        return recent / span if recent and span > 0 and span >= min_busy_s else None
+        if not phonemes or span <= 0 or span < min_busy_s:
+            return None
+        return max(phonemes / span, phonemes / model_s if model_s else 0.0)
 
     def _add(self, tracked: Tracked[Any]) -> int:
         if not self._outstanding:
@@ -215,7 +224,9 @@ class Backlog:
             if tracked.start():
                 self.in_flight += 1
 
-    def _remove(self, tracked: Tracked[Any], finished: bool, cancelled: bool) -> None:
+    def _remove(
+        self, tracked: Tracked[Any], finished: bool, cancelled: bool, model_s: float = 0.0
+    ) -> None:
         busy = self._busy_clock()
         del self._outstanding[tracked.ticket]
         self._phonemes -= tracked.phonemes
@@ -224,7 +235,7 @@ class Backlog:
         else:
             self._queue.remove(tracked.work.names, tracked)
         if finished:
-            self._done.append((busy, tracked.phonemes))
+            self._done.append((busy, tracked.phonemes, model_s))
         if not self._outstanding:
             self._busy_total = busy
         while self._done and self._done[0][0] < busy - self.window_s:
@@ -338,10 +349,12 @@ class Tracked(Awaitable[Any]):
 
     def _ended(self, task: asyncio.Task[Any]) -> None:
         finished = not task.cancelled() and task.exception() is None
+        result = task.result() if finished else None
+        model_s = result.model_s if isinstance(result, Synthesized) else 0.0
         self.work.outstanding -= self.phonemes
         if finished:
             self.work.done += self.phonemes
-        self.work._backlog._remove(self, finished, task.cancelled())
+        self.work._backlog._remove(self, finished, task.cancelled(), model_s)
 
     def cancel(self) -> None:
         self._task.cancel()

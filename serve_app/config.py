@@ -217,7 +217,7 @@ class AppConfig(_Warned):
         "rest wait here, in lane and fair-share order. About 2 x max_batch_size x replicas.",
     )
     max_backlog_s: float = Field(
-        60.0,
+        120.0,
         gt=0,
         description="Admitted work, in seconds of model time at the measured rate, beyond "
         "which a new request gets 503 with Retry-After (batch-lane work does not count "

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 
 from serve_app.backlog import Backlog, RequestWork
-from serve_app.engines.base import SynthesisItem
+from serve_app.engines.base import SynthesisItem, Synthesized
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -223,6 +224,20 @@ def test_phonemes_per_character_is_learnt_from_finished_requests() -> None:
             await pending
             work.close(completed=True)
         assert backlog.phonemes_per_char == pytest.approx(3.0, rel=0.02)
+
+    asyncio.run(run())
+
+
+def test_the_models_own_time_sets_the_rate_when_round_trips_dominate() -> None:
+    async def run() -> None:
+        clock, replica, backlog, work = one_request()
+        pending = work(item(100))
+        await settle()
+        clock.now += 1.0  # a second of busy time, of which the model took 0.25 s
+        replica.futures[0].set_result(Synthesized(np.zeros(1), queue_s=0.0, model_s=0.25))
+        assert (await pending).model_s == 0.25
+        assert backlog.rate() == pytest.approx(400.0)  # not 100: the round trip is not work
+        assert backlog.rate(min_busy_s=2.0) is None  # too little seen to refuse anyone by
 
     asyncio.run(run())
 
