@@ -86,7 +86,7 @@ class Admission:
                 f"the queue is full ({queue_s:.0f} s of work ahead); retry later",
                 headers=retry_after(min(over, queue_s)),
             )
-        finish = backlog.finish_s(lane, phonemes) or 0.0
+        finish = backlog.finish_s(lane, phonemes, rate) or 0.0
         if finish > deadline_s:
             raise Overloaded(
                 f"this request would take about {finish:.1f} s, past its deadline of "

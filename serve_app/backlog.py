@@ -107,18 +107,16 @@ class Backlog:
         before it, and from each other key as many items as its own key has requests waiting.
         """
         if lane is None:
-            ahead = list(self._outstanding.values())
+            return QueueState(len(self._outstanding), self._phonemes, self.rate())
+        before = work.first if work else None
+        first = self._outstanding.get(before) if before is not None else None
+        if before is not None and (first is None or first.dispatched):
+            ahead = [t for k, t in self._outstanding.items() if t.dispatched and k < before]
         else:
-            before = work.first if work else None
-            first = self._outstanding.get(before) if before is not None else None
-            if before is not None and (first is None or first.dispatched):
-                ahead = [t for k, t in self._outstanding.items() if t.dispatched and k < before]
-            else:
-                ahead = [t for t in self._outstanding.values() if t.dispatched]
-                order = list(self.lanes)
-                for urgent in order[: order.index(lane)]:
-                    ahead += self._queue.items_under((urgent,))
-                ahead += self._one_round(lane, work)
+            ahead = [t for t in self._outstanding.values() if t.dispatched]
+            for urgent in self.lanes_through(lane) - {lane}:
+                ahead += self._queue.items_under((urgent,))
+            ahead += self._one_round(lane, work)
         return QueueState(len(ahead), sum(t.phonemes for t in ahead), self.rate())
 
     def _one_round(self, lane: str, work: RequestWork | None) -> list[Tracked[Any]]:
@@ -166,10 +164,11 @@ class Backlog:
         """Phonemes the admitted requests (in `lanes`) still need synthesized, estimated."""
         return sum(w.remaining() for w in self.active if lanes is None or w.lane in lanes)
 
-    def finish_s(self, lane: str, phonemes: int) -> float | None:
+    def finish_s(self, lane: str, phonemes: int, rate: float | None = None) -> float | None:
         """How long new work of `phonemes` in `lane` would take to finish, if each request
-        gets an equal share of its lane's model time (more urgent lanes go first)."""
-        rate = self.rate()
+        gets an equal share of its lane's model time (more urgent lanes go first); `rate`
+        is the drain rate when the caller has it already."""
+        rate = rate or self.rate()
         if rate is None:
             return None
         order = list(self.lanes)
