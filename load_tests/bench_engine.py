@@ -11,7 +11,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from load_tests.common import SENTENCES, machine, median, save
+from load_tests.common import machine, median, save
+from load_tests.texts import SENTENCES
 from serve_app.config import VoiceSource
 from serve_app.engines.base import SynthesisItem
 from serve_app.engines.piper import PiperEngine

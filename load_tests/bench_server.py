@@ -16,7 +16,8 @@ import time
 
 import httpx
 
-from load_tests.common import SENTENCES, machine, median, pct, save
+from load_tests.common import machine, median, pct, save
+from load_tests.texts import SENTENCES
 from serve_app.app import build_app
 from serve_app.config import VoiceSource
 from serve_app.engines.base import SynthesisItem

@@ -1,4 +1,4 @@
-"""Shared by the benchmarks: the texts, and a sentence pool turned into engine items."""
+"""Shared by the benchmarks: machine facts, percentiles, saving results."""
 
 from __future__ import annotations
 
@@ -11,22 +11,6 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).parent / "results"
-
-# Varied, realistic sentence lengths (3 to ~25 words).
-SENTENCES = [
-    "Hello there, how are you doing today?",
-    "Yes.",
-    "The quick brown fox jumps over the lazy dog, and then it runs away into the forest.",
-    "Please remember to bring your umbrella tomorrow.",
-    "Numbers like 42 and 1999 are read aloud.",
-    "Why would anyone do that?",
-    "Speech synthesis turns written words into sound that people can hear, one sentence at a time.",
-    "Our train leaves at half past nine, so we should be at the station by nine fifteen.",
-    "Thank you for calling.",
-    "In the morning the market was crowded with people buying fresh bread, fruit and flowers.",
-    "It works.",
-    "A long time ago, in a small village by the sea, there lived an old fisherman and his wife.",
-]
 
 
 def machine() -> dict:

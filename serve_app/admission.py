@@ -64,11 +64,11 @@ class Admission:
                 f"this API key's rate limit is reached; retry in {wait:.1f} s",
                 headers=retry_after(wait),
             )
-        self._check_room(lane, chars, deadline_s)
+        self._check_room(lane, chars, deadline_s, client.name)
         client.charge(chars)
         return self.backlog.request(send, lane, client.name, client.weight, chars)
 
-    def _check_room(self, lane: str, chars: int, deadline_s: float) -> None:
+    def _check_room(self, lane: str, chars: int, deadline_s: float, client: str) -> None:
         backlog = self.backlog
         if backlog.requests >= self.config.max_active_requests:
             raise Overloaded(
@@ -86,7 +86,7 @@ class Admission:
                 f"the queue is full ({queue_s:.0f} s of work ahead); retry later",
                 headers=retry_after(min(over, queue_s)),
             )
-        finish = backlog.finish_s(lane, phonemes, rate) or 0.0
+        finish = backlog.finish_s(lane, phonemes, rate, client) or 0.0
         if finish > deadline_s:
             raise Overloaded(
                 f"this request would take about {finish:.1f} s, past its deadline of "

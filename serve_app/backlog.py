@@ -6,6 +6,13 @@ to the replicas (enough to fill their batches), and the rest are handed out by t
 scheduler (`scheduler.Fair`), so priority lanes and per-key shares decide who goes next. An
 item its request gave up on while waiting here never reaches a replica.
 
+Within a key, each item is due at its request's arrival, and items after a request's first
+sentence `FOLLOW_ON_S` later: a new request's first sentence (its time to first audio) goes
+before the rest of requests that came less than that earlier, and otherwise requests go in
+arrival order. Sharing the model equally between a key's requests instead made a long
+request's time grow with the number of requests beside it (measured with 16 clients on
+2 cores: p99 28 s against 3.5 s at the median, and 10-sentence requests timing out).
+
 Work is counted in phoneme ids, the model's input tokens: a sentence's synthesis time grows
 with its length, so "phonemes ahead / phonemes drained per second" is an honest wait estimate
 where "items ahead" is not. The drain rate is measured only over time when work was
@@ -25,12 +32,14 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from math import inf
 from typing import Any
 
 from .engines.base import SynthesisItem, Synthesized
 from .scheduler import Fair
 
 LANES = {"interactive": 0.9, "batch": 0.1}  # lane -> share of model time under contention
+FOLLOW_ON_S = 2.0  # a request's later sentences are due this long after its first
 
 
 @dataclass(frozen=True)
@@ -124,20 +133,17 @@ class Backlog:
         if lane_node is None:
             return []
         before = work.first if work else None
+        mark = (work.arrival if work else self._clock(), before if before is not None else inf)
         mine = lane_node.children.get(work.client) if work else None
-        rounds = max(1, sum(bool(leaf.size) for leaf in mine.children.values())) if mine else 1
         ahead: list[Tracked[Any]] = []
+        if mine:  # its own key's items that are due before its first
+            ahead += [t for t in mine.items_under() if (t.due, t.ticket) < mark]
+        rounds = len(ahead) + 1
         for client in lane_node.children.values():
-            older = [
-                [t for t in leaf.items if before is None or t.ticket < before]
-                for name, leaf in client.children.items()
-                if work is None or name != id(work)
-            ]
-            if client is mine:  # its own key's other requests: one item each
-                ahead += [items[0] for items in older if items]
-            else:  # another key: as many turns as this key needs, its requests in turn
-                turns = itertools.chain.from_iterable(itertools.zip_longest(*older))
-                ahead += [t for t in turns if t is not None][:rounds]
+            if client is mine:
+                continue
+            # another key: as many turns as this key needs, in that key's own order
+            ahead += sorted(client.items_under(), key=Tracked.order)[:rounds]
         return ahead
 
     def lanes_through(self, lane: str) -> set[str]:
@@ -164,22 +170,27 @@ class Backlog:
         """Phonemes the admitted requests (in `lanes`) still need synthesized, estimated."""
         return sum(w.remaining() for w in self.active if lanes is None or w.lane in lanes)
 
-    def finish_s(self, lane: str, phonemes: int, rate: float | None = None) -> float | None:
-        """How long new work of `phonemes` in `lane` would take to finish, if each request
-        gets an equal share of its lane's model time (more urgent lanes go first); `rate`
-        is the drain rate when the caller has it already."""
+    def finish_s(
+        self, lane: str, phonemes: int, rate: float | None = None, client: str | None = None
+    ) -> float | None:
+        """How long new work of `phonemes` in `lane` from `client` would take to finish: after
+        more urgent lanes' work and its key's earlier requests, while other keys of its lane
+        take equal turns; `rate` is the drain rate when the caller has it already."""
         rate = rate or self.rate()
         if rate is None:
             return None
         order = list(self.lanes)
         rank = order.index(lane)
-        ahead, share = phonemes, 1.0
+        urgent, keys = 0, Counter[str]()
         for work in self.active:
             work_rank = order.index(work.lane)
             if work_rank < rank:
-                ahead += work.remaining()
+                urgent += work.remaining()
             elif work_rank == rank:
-                ahead += min(work.remaining(), phonemes)
+                keys[work.client] += work.remaining()
+        mine = phonemes + keys.pop(client, 0)
+        ahead = urgent + mine + sum(min(other, mine) for other in keys.values())
+        share = 1.0
         for slower in order[rank + 1 :]:  # less urgent lanes with work still take their share
             if any(w.lane == slower and w.remaining() for w in self.active):
                 share -= self.lanes[slower]
@@ -219,7 +230,7 @@ class Backlog:
     def _dispatch(self) -> None:
         """Hand waiting items to the replicas while there is room in flight."""
         while self.in_flight < self.capacity and self._queue.size:
-            tracked = self._queue.pop(lambda t: t.phonemes)
+            tracked = self._queue.pop(lambda t: t.phonemes, Tracked.order)
             if tracked.start():
                 self.in_flight += 1
 
@@ -277,6 +288,7 @@ class RequestWork:
         self.names = (lane, client, id(self))
         self.path = ((lane, backlog.lanes[lane]), (client, weight), (id(self), 1.0))
         self.first: int | None = None  # ticket of its first item
+        self.arrival = backlog._clock()
         self.outstanding = 0  # phonemes sent and not back
         self.done = 0  # phonemes synthesized
         self.closed = False
@@ -314,6 +326,7 @@ class Tracked(Awaitable[Any]):
         self.work = work
         self.phonemes = len(item.phoneme_ids)
         self.dispatched = False
+        self.due = work.arrival + (0.0 if work.first is None else FOLLOW_ON_S)
         backlog = work._backlog
         self._turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.ticket = backlog._add(self)  # submission order
@@ -321,6 +334,10 @@ class Tracked(Awaitable[Any]):
         self._task = asyncio.create_task(self._run(item, backlog._clock), name="chorus-item")
         self._task.add_done_callback(self._ended)
         backlog._dispatch()
+
+    def order(self) -> tuple[float, int]:
+        """Its place among its key's items: due time, then submission."""
+        return (self.due, self.ticket)
 
     def start(self) -> bool:
         """Its turn has come; False if it was cancelled meanwhile."""

