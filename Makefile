@@ -12,7 +12,8 @@ test: $(STAMP) browser  ## lint, then every test
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)  ## engine, server, streaming and admission benchmarks (load_tests/)
+bench: $(STAMP)  ## the comparison with peers, then engine, server, streaming and admission
+	$(BIN)/python -m load_tests.compare
 	$(BIN)/python -m load_tests.bench_engine
 	$(BIN)/python -m load_tests.bench_server
 	$(BIN)/python -m load_tests.bench_streaming

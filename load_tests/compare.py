@@ -28,6 +28,7 @@ import random
 import tempfile
 import time
 from collections import Counter
+from contextlib import suppress
 from pathlib import Path
 
 import aiohttp
@@ -97,6 +98,8 @@ async def open_loop(
     """Poisson arrivals at `rate`/s, their times fixed in advance: a slow answer delays no one."""
     rng = random.Random(seed)
     tasks = []
+    floor: list[float] = []
+    prober = asyncio.create_task(probe(session, server.url + server.floor_path, floor))
     start = time.perf_counter()
     due = 0.0
     for i in itertools.count():
@@ -106,7 +109,23 @@ async def open_loop(
         tasks.append(asyncio.create_task(ask(session, server, texts[i % len(texts)], i, timeout_s)))
         due += rng.expovariate(rate)
     answers = await asyncio.gather(*tasks)
-    return rep.summarize(answers, time.perf_counter() - start) | {"offered_per_s": round(rate, 3)}
+    elapsed = time.perf_counter() - start
+    prober.cancel()
+    return rep.summarize(answers, elapsed) | {
+        "offered_per_s": round(rate, 3),
+        "floor_ms": rep.spread(floor, 1000, 1),
+    }
+
+
+async def probe(session: aiohttp.ClientSession, url: str, out: list[float]) -> None:
+    """GET `url` every 100 ms: the floor under a refusal's latency at that moment."""
+    while True:
+        t0 = time.perf_counter()
+        with suppress(aiohttp.ClientError):
+            async with session.get(url) as r:
+                await r.read()
+            out.append(time.perf_counter() - t0)
+        await asyncio.sleep(0.1)
 
 
 async def settle(session, server, timeout_s: float, limit_s: float = 90) -> None:

@@ -39,6 +39,7 @@ class Server:
     port: int
     command: list[str] = field(default_factory=list)
     pid: int = 0
+    floor_path: str = ""  # the cheapest GET: what any request costs it at a given moment
 
     @property
     def url(self) -> str:
@@ -71,14 +72,15 @@ def piper(port: int) -> Server:
     """piper-tts's own Flask server with the same voice file."""
     command = [sys.executable, "-m", "piper.http_server", "-m", str(VOICE_MODEL)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--sentence-silence", str(PAUSE_S)]
-    return Server("piper", "piper.http_server", "/info", "/synthesize", port, command)
+    return Server("piper", "piper.http_server", "/info", "/synthesize", port, command, 0, "/info")
 
 
 def lock(port: int) -> Server:
     """One FastAPI process, one global lock (load_tests/lock_server.py)."""
     command = [sys.executable, "-m", "load_tests.lock_server", "--port", str(port)]
     command += ["--sentence-silence", str(PAUSE_S)]
-    return Server("lock", "FastAPI + global lock", "/healthz", "/v1/audio/speech", port, command)
+    label = "FastAPI + global lock"
+    return Server("lock", label, "/healthz", "/v1/audio/speech", port, command, 0, "/healthz")
 
 
 def make(name: str, workdir: Path, chorus_overrides: dict) -> Server:

@@ -1,0 +1,97 @@
+"""The benchmark's own arithmetic and peers: if these are wrong, every figure is."""
+
+from __future__ import annotations
+
+import io
+import random
+import wave
+
+import pytest
+from fastapi.testclient import TestClient
+
+from load_tests.report import Answer, check_targets, summarize, table, wav_seconds
+from load_tests.texts import MIX, request_texts
+from serve_app.audio import streaming_wav_header
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def wav_bytes(seconds: float, rate: int = 22050) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(bytes(2 * int(seconds * rate)))
+    return out.getvalue()
+
+
+def test_wav_seconds_of_whole_and_streamed_files() -> None:
+    assert wav_seconds(wav_bytes(1.5)) == pytest.approx(1.5)
+    streamed = streaming_wav_header(24000) + bytes(2 * 24000 * 2)
+    assert wav_seconds(streamed) == pytest.approx(2.0)
+    with pytest.raises(ValueError):
+        wav_seconds(b"RIFF....WAVEjunk")
+
+
+def test_texts_are_the_same_for_every_server_and_follow_the_mix() -> None:
+    assert request_texts(50, seed=3) == request_texts(50, seed=3)
+    assert request_texts(50, seed=3) != request_texts(50, seed=4)
+    rng = random.Random(0)
+    counts = [len(t.split(". ")) for t in request_texts(2000, seed=rng.randrange(99))]
+    one = sum(c == 1 for c in counts) / len(counts)
+    # sentences end in . ? or ! so this undercounts; one-sentence requests are about half
+    assert MIX[0][0] - 0.15 < one < MIX[0][0] + 0.15
+
+
+def test_a_phase_separates_successes_refusals_and_failures() -> None:
+    answers = [Answer(200, 1.0, 0.2, 3.0), Answer(200, 3.0, 0.4, 5.0)]
+    answers += [Answer(503, 0.01, retry_after_s=2), Answer("timeout", 30.0), Answer(500, 0.1)]
+    p = summarize(answers, elapsed_s=4.0)
+    assert (p["sent"], p["ok"], p["refused"], p["failed"]) == (5, 2, 1, 2)
+    assert p["audio_s_per_s"] == 2.0  # only delivered audio counts
+    assert p["latency_s"]["p50"] == 2.0  # of successes only: a timeout is not a latency
+    assert p["refusal_ms"]["p99"] == 10.0
+    assert p["refused_share"] == 0.2 and p["failed_share"] == 0.4
+
+
+def phase(audio: float, p99: float, refused_p99: float = 0.0) -> dict:
+    return {
+        "sent": 10, "ok": 10, "refused": 1, "failed": 0, "audio_s_per_s": audio,
+        "latency_s": {"p50": p99 / 2, "p95": p99, "p99": p99},
+        "ttfa_s": {"p50": 0.1, "p95": 0.2, "p99": 0.3},
+        "refusal_ms": {"p50": 1.0, "p95": 2.0, "p99": refused_p99},
+    }  # fmt: skip
+
+
+def test_targets_are_judged_from_the_measurements() -> None:
+    chorus = {
+        "label": "Chorus",
+        "unloaded": phase(10, 1.0),
+        "closed": phase(10, 5.0) | {"clients": 16},
+        "open": {"0.7": phase(7, 2.5), "4": phase(9.5, 6.0, refused_p99=25.0)},
+    }
+    peer = {"label": "Peer", "unloaded": phase(12, 1.0), "open": {}}
+    peer["closed"] = phase(12, 4.0) | {"clients": 16}
+    report = {"direct": {"audio_s_per_s": 10.5}, "servers": {"chorus": chorus, "peer": peer}}
+    verdicts = {t["target"]: t["reached"] for t in check_targets(report)}
+    assert verdicts == {
+        "served / direct-engine throughput at saturation": True,  # 10 / 10.5
+        "accepted throughput at 4x / capacity": True,  # 9.5 / 10
+        "refusal p99 at 4x (ms)": False,  # 25 ms
+        "p99 latency at 0.7x / unloaded p99": True,  # 2.5
+        "p99 latency (s) vs Peer, 16 clients": False,  # 5 against 4
+        "successful audio-s/s vs Peer, 16 clients": False,  # 10 against 12
+    }
+    assert "| Chorus | 16 clients | 10 | 10 | 1 | 0 | 10.0 |" in table(report)
+
+
+def test_the_global_lock_peer_answers_with_the_voice() -> None:
+    from load_tests.lock_server import build
+    from load_tests.servers import VOICE_MODEL
+
+    client = TestClient(build(VOICE_MODEL, sentence_silence=0.1))
+    r = client.post("/v1/audio/speech", json={"input": "Hello there. How are you?"})
+    assert r.status_code == 200
+    # two sentences of speech and the pause between them
+    assert 1.0 < wav_seconds(r.content) < 4.0
