@@ -40,11 +40,13 @@ def wav_seconds(data: bytes) -> float:
 
 
 def spread(values: list[float], scale: float = 1.0, digits: int = 3) -> dict:
+    """p50, p95 and p99 of `values` times `scale`; None where there are no values."""
+    if not values:
+        return dict.fromkeys(("p50", "p95", "p99"))
     return {
-        f"p{q}": round(pct(values, q) * scale, digits)
-        if q != 50
-        else round(median(values) * scale, digits)
-        for q in (50, 95, 99)
+        "p50": round(median(values) * scale, digits),
+        "p95": round(pct(values, 95) * scale, digits),
+        "p99": round(pct(values, 99) * scale, digits),
     }
 
 
@@ -176,6 +178,10 @@ def plot(report: dict, folder: Path) -> list[Path]:
     return paths
 
 
+def num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
 def table(report: dict) -> str:
     """The README's table, in Markdown."""
     columns = "server, phase, sent, ok, refused, failed, audio-s/s, p50, p95, p99, "
@@ -192,7 +198,7 @@ def table(report: dict) -> str:
             rows.append(
                 f"| {s['label']} | {phase} | {p['sent']} | {p['ok']} | {p['refused']} "
                 f"| {p['failed']} | {p['audio_s_per_s']:.1f} "
-                f"| {lat['p50']:.2f} | {lat['p95']:.2f} | {lat['p99']:.2f} "
-                f"| {p['ttfa_s']['p50']:.2f} | {refusal} |"
+                f"| {num(lat['p50'])} | {num(lat['p95'])} | {num(lat['p99'])} "
+                f"| {num(p['ttfa_s']['p50'])} | {refusal} |"
             )
     return "\n".join(rows)
