@@ -49,7 +49,7 @@ class Fair:
         for node in chain:
             node.size += 1
 
-    def pop(self, cost: Callable[[Any], float], due: Callable[[Any], float] | None = None) -> Any:
+    def pop(self, cost: Callable[[Any], float], due: Callable[[Any], Any] | None = None) -> Any:
         """The next item to serve; `cost(item)` is charged to every node on its path. With
         `due`, a node whose children are leaves picks the leaf whose head item is due first."""
         if not self.size:
