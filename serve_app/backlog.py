@@ -216,6 +216,11 @@ class Backlog:
             return None
         return max(phonemes / span, phonemes / model_s if model_s else 0.0)
 
+    def set_capacity(self, capacity: int) -> None:
+        """Items in flight at most from now on (e.g. when model replicas come and go)."""
+        self.capacity = capacity
+        self._dispatch()
+
     def _add(self, tracked: Tracked[Any]) -> int:
         if not self._outstanding:
             self._busy_since = self._clock()

@@ -213,8 +213,16 @@ class AppConfig(_Warned):
         8,
         ge=1,
         le=4096,
-        description="Sentence items this ingress replica keeps at the model replicas; the "
-        "rest wait here, in lane and fair-share order. About 2 x max_batch_size x replicas.",
+        description="Sentence items this ingress replica keeps at each model replica that "
+        "answered it in the last 30 s; the rest wait here, in lane and fair-share order. "
+        "About 2 x max_batch_size.",
+    )
+    replica_retries: int = Field(
+        3,
+        ge=0,
+        le=10,
+        description="Times a sentence item is sent again when its model replica dies or "
+        "becomes unreachable (items are idempotent); after that its request fails with 503.",
     )
     max_backlog_s: float = Field(
         120.0,
@@ -296,6 +304,12 @@ class SynthesizerUserConfig(_Warned):
         40_000,
         ge=500,
         description="GPU only: cap on a padded decoder batch, in frames (256 samples each).",
+    )
+    stall_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="A batch still running after this long fails the replica's health check, "
+        "so Serve replaces the replica (its items are retried on another one).",
     )
 
 

@@ -59,6 +59,11 @@ class SynthesisError(RuntimeError):
     """Raised by a model replica: one item failed in the engine; only its own request fails."""
 
 
+class ItemTooLarge(SynthesisError):
+    """Raised by a model replica: one item ran out of device memory even in a batch of its
+    own, so it can never be synthesized there."""
+
+
 def retry_after(seconds: float | None) -> dict[str, str]:
     """A Retry-After header: whole seconds (HTTP allows no fractions), at least 1."""
     wait = 1 if seconds is None else min(3600, max(1, math.ceil(seconds)))
@@ -183,6 +188,13 @@ def as_chorus_error(exc: Exception, retry_after_s: float | None = None) -> Choru
         return Overloaded(
             "the model replicas' queues are full; retry shortly",
             headers=retry_after(retry_after_s),
+        )
+    if isinstance(exc, ItemTooLarge):
+        return PayloadTooLarge(
+            "a sentence of this input needs more model memory than a replica has; "
+            "split it into shorter sentences",
+            param="input",
+            code="sentence_too_large",
         )
     if isinstance(exc, SynthesisError):
         return SynthesisFailed(f"synthesis failed: {exc.args[0] if exc.args else exc}")

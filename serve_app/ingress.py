@@ -37,6 +37,7 @@ from .errors import (
 from .keys import Client, KeyStore
 from .metrics import CountRequests, IngressMetrics, reason_for
 from .parsing import parse_speech_request, read_json_body, urgency
+from .replicas import ModelReplicas
 from .schemas import (
     LaneInfo,
     ModelCard,
@@ -121,6 +122,22 @@ class Ingress:
             on_change=self._backlog_changed,
         )
         self.admission = Admission(self.config, self.backlog)
+        self.metrics.model_replicas.set(1)
+        self.replicas = ModelReplicas(
+            synthesizer.synthesize.remote,
+            retries=self.config.replica_retries,
+            on_retry=self.metrics.items_retried.inc,
+            on_count=self._replicas_changed,
+        )
+
+    def _replicas_changed(self, replicas: int) -> None:
+        self.metrics.model_replicas.set(replicas)
+        self.backlog.set_capacity(self.config.items_in_flight * replicas)
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """What Chorus's autoscaling policy reads (`serve_app.autoscaling`): sentence items
+        waiting here or running at the model replicas, and requests in progress."""
+        return {"items": self.backlog.state().items, "requests": self.backlog.requests}
 
     def _backlog_changed(self, items: int, cancelled: bool) -> None:
         self.metrics.items_in_flight.set(items)
@@ -179,9 +196,7 @@ class Ingress:
         asked, deadline_s = urgency(req, request.headers, self.config)
         lane = self.admission.lane(client, asked)
         voicing = Voicing.create(voice, req.speed, req.seed)
-        work = self.admission.admit(
-            client, lane, len(req.input), deadline_s, self.synthesizer.synthesize.remote
-        )
+        work = self.admission.admit(client, lane, len(req.input), deadline_s, self.replicas.send)
         tick = self.config.heartbeat_s if req.stream_format == "sse" else None
         events = self._speech(work, req, voice, sentences, voicing, tick, arrived, deadline_s)
         # NOTE: a stream whose body never starts (client gone first) never runs `_speech`'s
@@ -356,6 +371,7 @@ class Ingress:
             phonemes_per_s=None if rate is None else round(rate, 1),
             estimated_wait_s=rounded(state.wait_s()),
             items_in_flight=backlog.in_flight,
+            model_replicas=self.replicas.count(),
             lanes=lanes,
         )
 

@@ -90,6 +90,16 @@ class IngressMetrics:
             description="Sentence items dropped because their request ended first "
             "(client gone, deadline, failure).",
         )
+        self.items_retried = Counter(
+            "chorus_items_retried_total",
+            description="Sentence items sent again because their model replica died or "
+            "became unreachable.",
+        )
+        self.model_replicas = Gauge(
+            "chorus_model_replicas_seen",
+            description="Model replicas that answered this ingress replica lately; items in "
+            "flight are items_in_flight per replica.",
+        )
 
 
 class SynthesizerMetrics:
@@ -137,6 +147,11 @@ class SynthesizerMetrics:
             "chorus_model_audio_seconds_total",
             description="Seconds of audio the model produced.",
             tag_keys=("voice", "device"),
+        )
+        self.out_of_memory = Counter(
+            "chorus_out_of_memory_total",
+            description="Batches that ran out of device memory (split and retried).",
+            tag_keys=("device",),
         )
         self.gpu_memory = Gauge(
             "chorus_gpu_memory_bytes",

@@ -122,6 +122,10 @@ class QueueInfo(BaseModel):
         description="How long a new request would wait for its first sentence."
     )
     items_in_flight: int = Field(description="Items at the model replicas now.")
+    model_replicas: int = Field(
+        description="Model replicas that answered this ingress replica in the last 30 s; "
+        "items in flight are at most items_in_flight for each."
+    )
     lanes: dict[str, LaneInfo] = Field(description="The same per priority lane.")
 
 

@@ -15,7 +15,7 @@ from ray import serve
 
 from .config import SynthesizerUserConfig, VoiceSource, configure_logging
 from .engines.base import Engine, SynthesisItem, Synthesized
-from .errors import SynthesisError
+from .errors import ItemTooLarge, SynthesisError
 from .metrics import SynthesizerMetrics
 
 logger = logging.getLogger("ray.serve.chorus.synthesizer")
@@ -29,6 +29,13 @@ def use_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A device allocation failed (torch raises RuntimeError subclasses for it)."""
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 def pick_device() -> str:
@@ -76,6 +83,10 @@ class Synthesizer:
         self._executor.submit(self.engine.load, self.device).result()
         self.items_run = 0  # sentence items the engine has been given, ever
         self.batches_run = 0
+        self.out_of_memory = 0  # batches that ran out of device memory
+        self._sizes: dict[str, list[int]] = {"ok": [], "oom": []}  # of the batch now running
+        self._running_since: float | None = None  # when the batch now running started
+        self.replica = serve.get_replica_context().replica_id.unique_id
         self.metrics = SynthesizerMetrics(self.device)
         self.reconfigure({})  # defaults until Serve passes the deployment's user_config
         logger.info("Synthesizer ready on %s with voices %s", self.device, self.engine.voices)
@@ -83,6 +94,7 @@ class Synthesizer:
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self.settings = SynthesizerUserConfig.model_validate(user_config or {})
         batch = self.settings.max_batch_size or DEFAULT_BATCH.get(self.device, 4)
+        self.max_batch_size = batch  # NOTE: a new size replaces a cap set after an OOM
         self._batch.set_max_batch_size(batch)
         self._batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
         if hasattr(self.engine, "max_batch_frames"):
@@ -104,15 +116,20 @@ class Synthesizer:
     ) -> list[Synthesized | BaseException]:
         start = time.monotonic()
         loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(self._executor, self._run, items)
+        results = await loop.run_in_executor(self._executor, self._run_batch, items)
         seconds = time.monotonic() - start
+        cap = self._cap_after_out_of_memory()
+        if cap is not None and cap < self.max_batch_size:
+            logger.warning("Batch cap lowered from %d to %d", self.max_batch_size, cap)
+            self.max_batch_size = cap
+            self._batch.set_max_batch_size(cap)
         self._record(items, results, seconds)
         waits = [start - arrival for arrival in arrivals]
         for wait in waits:
             self.metrics.queue_wait.observe(wait)
         share = seconds / len(items)
         return [
-            Synthesized(r, wait, share) if isinstance(r, np.ndarray) else r
+            Synthesized(r, wait, share, self.replica) if isinstance(r, np.ndarray) else r
             for r, wait in zip(results, waits, strict=True)
         ]
 
@@ -138,29 +155,83 @@ class Synthesizer:
             m.gpu_memory.set(torch.cuda.memory_allocated(), tags={"kind": "allocated"})
             m.gpu_memory.set(torch.cuda.memory_reserved(), tags={"kind": "reserved"})
 
+    def _run_batch(self, items: list[SynthesisItem]) -> list[np.ndarray | BaseException]:
+        self._running_since = time.monotonic()
+        self._sizes = {"ok": [], "oom": []}
+        try:
+            return self._run(items)
+        finally:
+            self._running_since = None
+
     def _run(self, items: list[SynthesisItem]) -> list[np.ndarray | BaseException]:
         self.items_run += len(items)
         self.batches_run += 1
         try:
-            return list(self.engine.synthesize(items))
-        except Exception:
+            audio = list(self.engine.synthesize(items))
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                self._sizes["oom"].append(len(items))
+                return self._after_out_of_memory(items)
             if len(items) == 1:
                 logger.exception("Synthesis failed for one item")
                 return [SynthesisError("the model failed on this sentence")]
-        # NOTE: a batch failure fails every caller, so find the bad item(s) one by one.
-        logger.warning("Batch of %d failed; retrying items one by one", len(items))
-        return [self._run([item])[0] for item in items]
+            # NOTE: a batch failure fails every caller, so find the bad item(s) one by one.
+            logger.warning("Batch of %d failed; retrying items one by one", len(items))
+            return [self._run([item])[0] for item in items]
+        self._sizes["ok"].append(len(items))
+        return audio
+
+    def _after_out_of_memory(self, items: list[SynthesisItem]) -> list[np.ndarray | BaseException]:
+        """Free cached memory, then run each half of the batch. Only an item that fails alone
+        fails its request."""
+        self.out_of_memory += 1
+        self.metrics.out_of_memory.inc()
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+        if len(items) == 1:
+            logger.error("Out of memory on one item of %d phonemes", items[0].size)
+            return [ItemTooLarge("one sentence does not fit in the replica's memory")]
+        half = len(items) // 2
+        logger.warning("Out of memory on a batch of %d; retrying halves", len(items))
+        return self._run(items[:half]) + self._run(items[half:])
+
+    def _cap_after_out_of_memory(self) -> int | None:
+        """After a batch ran out of memory: the largest batch size that then ran, below the
+        smallest that failed (None when nothing ran out of memory)."""
+        failed = self._sizes["oom"]
+        if not failed:
+            return None
+        smallest = min(failed)
+        return max([n for n in self._sizes["ok"] if n < smallest], default=1)
 
     async def ready(self) -> dict[str, Any]:
         return {"device": self.device, "voices": self.engine.voices}
 
-    async def stats(self) -> dict[str, int]:
-        """Work done so far: a cancelled item that was dropped never counts."""
-        return {"items": self.items_run, "batches": self.batches_run}
+    async def stats(self) -> dict[str, Any]:
+        """Work done so far (a cancelled item that was dropped never counts), and settings."""
+        return {
+            "items": self.items_run,
+            "batches": self.batches_run,
+            "out_of_memory": self.out_of_memory,
+            "max_batch_size": self.max_batch_size,
+            "replica": self.replica,
+            "node": ray.get_runtime_context().get_node_id(),
+            "device": self.device,
+            "pid": os.getpid(),
+        }
 
     def check_health(self) -> None:
         if not self.engine.voices:
             raise RuntimeError("engine has no voices loaded")
+        since = self._running_since
+        if since is not None and time.monotonic() - since > self.settings.stall_timeout_s:
+            # NOTE: a wedged engine thread cannot be interrupted; Serve replaces the replica,
+            # and the ingress sends its items again to another one.
+            raise RuntimeError(
+                f"a batch has been running for over {self.settings.stall_timeout_s:g} s"
+            )
 
     def __del__(self) -> None:
         executor = getattr(self, "_executor", None)

@@ -32,6 +32,7 @@ class Synthesized:
     audio: np.ndarray
     queue_s: float  # waited in the replica before its batch ran
     model_s: float  # its share of its batch's model time
+    replica: str = ""  # id of the model replica that made it
 
 
 class Engine(ABC):

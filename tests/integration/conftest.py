@@ -57,13 +57,20 @@ def assert_envelope(response: httpx.Response, status: int | None = None) -> dict
 
 @contextmanager
 def fake_app(
-    server: str, name: str, args: dict[str, Any] | None = None, delay_s: float = 0.3, **options
+    server: str,
+    name: str,
+    args: dict[str, Any] | None = None,
+    delay_s: float = 0.3,
+    engine: tuple[type, dict[str, Any]] | None = None,
+    **options,
 ) -> Iterator[str]:
-    """Another app on the session's Ray instance, with the fake engine (`delay_s` per batch)."""
+    """Another app on the session's Ray instance, with the fake engine (`delay_s` per batch)
+    or `engine` (a class and its keyword arguments)."""
+    engine_cls, engine_kwargs = engine or (FakeEngine, {"delay_s": delay_s})
     app = bind_app(
         parse_app_args(args or {}),
-        engine_cls=FakeEngine,
-        engine_kwargs={"delay_s": delay_s},
+        engine_cls=engine_cls,
+        engine_kwargs=engine_kwargs,
         synthesizer_options={"ray_actor_options": {"num_cpus": 0}, **options},
     )
     serve.run(app, name=name, route_prefix=f"/{name}")
