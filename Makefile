@@ -8,9 +8,10 @@ STAMP := $(VENV)/.installed
 serve: $(STAMP)  ## the server with the packaged voice on http://127.0.0.1:8000
 	$(BIN)/serve run deploy/serve_config.yaml
 
-test: $(STAMP) browser  ## lint, then every test
+test: $(STAMP) browser  ## lint, then every test (the cluster tests start a Ray cluster of their own)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest tests/cluster
 
 bench: $(STAMP)  ## the comparison with peers, then engine, server, streaming and admission
 	$(BIN)/python -m load_tests.compare

@@ -38,6 +38,13 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
+def cuda_usable() -> bool:
+    """CUDA works in this process (a test cluster's fake GPUs have none)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def pick_device() -> str:
     # NOTE: with num_gpus 0 Ray leaves CUDA_VISIBLE_DEVICES unset, so torch could still see
     # every GPU of the node; the replica's assigned GPU ids are the truth.
@@ -149,7 +156,7 @@ class Synthesizer:
             m.real_time_factor.observe(seconds / audio_s)
         if self.engine.padding_efficiency is not None:
             m.padding_efficiency.observe(self.engine.padding_efficiency)
-        if self.device == "cuda":
+        if self.device == "cuda" and cuda_usable():
             import torch
 
             m.gpu_memory.set(torch.cuda.memory_allocated(), tags={"kind": "allocated"})
@@ -186,7 +193,7 @@ class Synthesizer:
         fails its request."""
         self.out_of_memory += 1
         self.metrics.out_of_memory.inc()
-        if self.device == "cuda":
+        if self.device == "cuda" and cuda_usable():
             import torch
 
             torch.cuda.empty_cache()
@@ -219,6 +226,7 @@ class Synthesizer:
             "replica": self.replica,
             "node": ray.get_runtime_context().get_node_id(),
             "device": self.device,
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
             "pid": os.getpid(),
         }
 

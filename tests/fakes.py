@@ -7,7 +7,6 @@ import threading
 import time
 
 import numpy as np
-import torch
 
 from serve_app.engines.base import Engine, SynthesisItem
 
@@ -78,5 +77,7 @@ class FaultyEngine(Engine):
         longest = max(len(it.phoneme_ids) for it in items)
         too_long = self.fits_phonemes is not None and longest > self.fits_phonemes
         if too_many or too_long:
+            import torch
+
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return self.inner.synthesize(items)

@@ -1,0 +1,174 @@
+"""One fake multi-node Ray cluster for tests/cluster: a head without GPUs and two worker nodes
+with two fake GPUs each (`ray.cluster_utils.Cluster`, all on this machine). Apps go on with the
+real `serve deploy` CLI through the head's dashboard, as on a real cluster.
+
+Runs in a pytest session of its own (`make test` does that): one driver joins one Ray
+instance, and the integration tests have theirs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from serve_app.local import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVE = str(Path(sys.executable).with_name("serve"))
+
+
+@dataclass
+class FakeCluster:
+    address: str  # Ray's GCS address
+    dashboard: str  # what `serve deploy -a` talks to
+    url: str  # Serve's HTTP proxy
+    gpu_nodes: set[str]  # node ids with fake GPUs
+    head: str
+    port: int
+
+    def deploy(self, app_args: dict[str, Any], deployments: list[dict[str, Any]], **app) -> None:
+        """`serve deploy` of a config with one app, "chorus", on the fake engine."""
+        config = {
+            "proxy_location": "HeadOnly",
+            "http_options": {"host": "127.0.0.1", "port": self.port},
+            "applications": [
+                {
+                    "name": "chorus",
+                    "route_prefix": "/",
+                    "import_path": "tests.cluster.apps:build_fake_app",
+                    "args": app_args,
+                    "deployments": deployments,
+                    **app,
+                }
+            ],
+        }
+        path = ROOT / ".pytest_cache" / "cluster_serve_config.yaml"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(yaml.safe_dump(config))
+        subprocess.run(
+            [SERVE, "deploy", str(path), "-a", self.dashboard],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[FakeCluster]:
+    import ray
+    from ray import serve
+    from ray.cluster_utils import Cluster
+
+    # NOTE: every Ray process inherits these: replicas and handles report autoscaling metrics
+    # every half second (10 s by default), and workers can import `tests.cluster.apps`.
+    os.environ["RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] = "0.5"
+    os.environ["RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] = "0.5"
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
+    )
+    dashboard_port = free_port()
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 4,
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "dashboard_port": dashboard_port,
+        },
+    )
+    gpu_nodes = {cluster.add_node(num_cpus=4, num_gpus=2).node_id for _ in range(2)}
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    port = free_port()
+    try:
+        yield FakeCluster(
+            cluster.address,
+            f"http://127.0.0.1:{dashboard_port}",
+            f"http://127.0.0.1:{port}",
+            gpu_nodes,
+            cluster.head_node.node_id,
+            port,
+        )
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def wait_for(check, timeout_s: float, what: str, every_s: float = 0.5) -> Any:
+    """`check()`'s first truthy value within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except Exception:  # not up yet
+            value = None
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+
+
+def ready(url: str) -> bool:
+    return httpx.get(f"{url}/readyz", timeout=10).status_code == 200
+
+
+def running_replicas(deployment: str = "Synthesizer") -> int:
+    from ray import serve
+
+    status = serve.status().applications["chorus"].deployments[deployment]
+    return status.replica_states.get("RUNNING", 0)
+
+
+@dataclass
+class Load:
+    """`clients` clients posting multi-sentence requests back to back, in a thread of their
+    own, until stopped. Every answer is recorded: status, and whether the audio is whole."""
+
+    url: str
+    clients: int
+    text: str = "First of three. Second of three. Third of three."
+    results: list[tuple[int, str]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def __enter__(self) -> Load:
+        self._thread = threading.Thread(target=asyncio.run, args=(self._run(),), daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=120)
+
+    def wait_for_answers(self, count: int, timeout_s: float = 60) -> None:
+        wait_for(lambda: len(self.results) >= count, timeout_s, f"{count} answers")
+
+    def failures(self) -> list[tuple[int, str]]:
+        return [(s, body) for s, body in self.results if s != 200]
+
+    async def _run(self) -> None:
+        async with httpx.AsyncClient(timeout=120) as client:
+            await asyncio.gather(*(self._client(client, n) for n in range(self.clients)))
+
+    async def _client(self, client: httpx.AsyncClient, n: int) -> None:
+        body = {"model": "tts-1", "voice": "alloy", "input": self.text, "response_format": "wav"}
+        while not self._stop.is_set():
+            try:
+                r = await client.post(f"{self.url}/v1/audio/speech", json={**body, "seed": n})
+                whole = r.status_code != 200 or r.headers.get("x-chorus-sentences") == "3"
+                text = "" if r.status_code == 200 else r.text[:200]
+                self.results.append((r.status_code if whole else -1, text))
+            except httpx.HTTPError as exc:
+                self.results.append((0, repr(exc)))
