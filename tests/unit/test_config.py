@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 import pytest
@@ -60,3 +61,43 @@ def test_serve_config_is_valid_and_its_args_parse() -> None:
     synth = next(d for d in app.deployments if d.name == "Synthesizer")
     SynthesizerUserConfig.model_validate(synth.user_config)
     assert synth.max_ongoing_requests >= synth.user_config["max_batch_size"]
+
+
+DEPLOY = SERVE_CONFIG.parent
+
+
+def cluster_configs() -> list[tuple[str, dict]]:
+    gpu = yaml.safe_load((DEPLOY / "serve_config.gpu.yaml").read_text())
+    service = yaml.safe_load((DEPLOY / "kuberay" / "rayservice.yaml").read_text())
+    return [("gpu", gpu), ("kuberay", yaml.safe_load(service["spec"]["serveConfigV2"]))]
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"), cluster_configs(), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_cluster_configs_are_valid_and_consistent(name: str, raw: dict) -> None:
+    schema = ServeDeploySchema.model_validate(raw)
+    (app,) = schema.applications
+    parse_app_args(app.args)
+    # The policy that scales on queued items is importable, and every deployment autoscales.
+    policy = app.autoscaling_policy["policy_function"]
+    module, function = policy.split(":")
+    assert callable(getattr(importlib.import_module(module), function))
+    deployments = {d.name: d for d in app.deployments}
+    assert set(deployments) == {"Ingress", "Synthesizer"}
+    ingress, synth = deployments["Ingress"], deployments["Synthesizer"]
+    assert all(d.autoscaling_config for d in deployments.values())
+    SynthesizerUserConfig.model_validate(synth.user_config)
+    # Model replicas ask for a GPU; the ingress never does.
+    assert synth.ray_actor_options.num_gpus > 0
+    assert not ingress.ray_actor_options.num_gpus
+    # Every ingress replica may keep items_in_flight at each model replica.
+    in_flight = app.args["items_in_flight"] * ingress.autoscaling_config["max_replicas"]
+    assert synth.max_ongoing_requests >= in_flight
+    targets = synth.autoscaling_config["target_ongoing_requests"]
+    assert targets >= app.args["items_in_flight"] >= synth.user_config["max_batch_size"]
+
+
+def test_the_kuberay_service_serves_the_gpu_config() -> None:
+    (_, gpu), (_, service) = cluster_configs()
+    assert service == gpu
