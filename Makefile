@@ -13,12 +13,13 @@ test: $(STAMP) browser  ## lint, then every test (the cluster tests start a Ray 
 	$(BIN)/python -m pytest
 	$(BIN)/python -m pytest tests/cluster
 
-bench: $(STAMP)  ## the comparison with peers, then engine, server, streaming and admission
+bench: $(STAMP)  ## the comparison with peers, then engine, server, streaming, admission, scale-out
 	$(BIN)/python -m load_tests.compare
 	$(BIN)/python -m load_tests.bench_engine
 	$(BIN)/python -m load_tests.bench_server
 	$(BIN)/python -m load_tests.bench_streaming
 	$(BIN)/python -m load_tests.bench_admission
+	$(BIN)/python -m load_tests.bench_scale_out
 
 browser:  ## Debian's Chromium, for the playground's browser test (which skips without it)
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
