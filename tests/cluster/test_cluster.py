@@ -58,7 +58,7 @@ def test_model_replicas_scale_up_on_queued_items_and_back_down(cluster: FakeClus
         "target_ongoing_requests": 4,  # sentence items per model replica, queued and running
         "upscale_delay_s": 1,
         "downscale_delay_s": 4,
-        "look_back_period_s": 2,
+        "look_back_period_s": 12,  # above the (deprecated) metrics_interval_s of 10
     }
     cluster.deploy(
         APP,

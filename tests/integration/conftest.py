@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -78,6 +79,28 @@ def fake_app(
         yield f"{server}/{name}"
     finally:
         serve.delete(name)
+
+
+async def speak_all(
+    url: str, inputs: list[str], seeds: list[int] | None = None
+) -> list[httpx.Response]:
+    """All `inputs` at once as wav requests (with `seeds`, one each), answers in order."""
+    async with httpx.AsyncClient(timeout=120) as c:
+        return await asyncio.gather(
+            *(
+                c.post(
+                    f"{url}/v1/audio/speech",
+                    json={
+                        "model": "tts-1",
+                        "voice": "alloy",
+                        "input": text,
+                        "response_format": "wav",
+                        **({} if seeds is None else {"seed": seeds[i]}),
+                    },
+                )
+                for i, text in enumerate(inputs)
+            )
+        )
 
 
 def sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:

@@ -4,35 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import pytest
 
-from tests.integration.conftest import assert_envelope, fake_app
+from tests.integration.conftest import assert_envelope, fake_app, speak_all
 
 pytestmark = pytest.mark.timeout(120)
 
 
-async def post_all(url: str, inputs: list[str]) -> list[httpx.Response]:
-    async with httpx.AsyncClient(timeout=60) as c:
-        return await asyncio.gather(
-            *(
-                c.post(
-                    f"{url}/v1/audio/speech",
-                    json={
-                        "model": "tts-1",
-                        "voice": "alloy",
-                        "input": text,
-                        "response_format": "wav",
-                    },
-                )
-                for text in inputs
-            )
-        )
-
-
 def test_full_queues_get_503_envelope_with_retry_after(server: str) -> None:
     with fake_app(server, "tiny", max_ongoing_requests=2, max_queued_requests=2) as url:
-        responses = asyncio.run(post_all(url, [f"Sentence number {i}." for i in range(16)]))
+        responses = asyncio.run(speak_all(url, [f"Sentence number {i}." for i in range(16)]))
     statuses = [r.status_code for r in responses]
     assert set(statuses) <= {200, 503}, statuses
     assert 200 in statuses and 503 in statuses, statuses
@@ -47,7 +28,7 @@ def test_bad_sentence_fails_only_its_own_request(server: str) -> None:
     good = ["Hello there.", "See you soon.", "Good night."]
     # A long batch wait puts all four sentences into one batch, which the bad one fails.
     with fake_app(server, "shared", user_config={"batch_wait_timeout_s": 0.2}) as url:
-        responses = asyncio.run(post_all(url, ["Buried treasure.", *good]))
+        responses = asyncio.run(speak_all(url, ["Buried treasure.", *good]))
     bad, *rest = responses
     error = assert_envelope(bad, 500)
     assert error["code"] == "synthesis_failed"

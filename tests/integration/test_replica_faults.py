@@ -5,36 +5,16 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import pytest
 from ray import serve
 
 from tests.fakes import FaultyEngine
-from tests.integration.conftest import assert_envelope, fake_app
+from tests.integration.conftest import assert_envelope, fake_app, speak_all
 
 pytestmark = pytest.mark.timeout(180)
 
 SHORT = [f"Number {n} is here." for n in ("one", "two", "three", "four", "five", "six")]
 LONG = "This single sentence goes on and on " + "and on " * 30 + "until it ends."
-
-
-async def speak_all(url: str, inputs: list[str], seeds: list[int]) -> list[httpx.Response]:
-    async with httpx.AsyncClient(timeout=120) as c:
-        return await asyncio.gather(
-            *(
-                c.post(
-                    f"{url}/v1/audio/speech",
-                    json={
-                        "model": "tts-1",
-                        "voice": "alloy",
-                        "input": text,
-                        "response_format": "wav",
-                        "seed": seed,
-                    },
-                )
-                for text, seed in zip(inputs, seeds, strict=True)
-            )
-        )
 
 
 def stats(app: str) -> dict:
