@@ -50,25 +50,26 @@ class ModelReplicas:
     async def send(self, item: SynthesisItem) -> Any:
         """The item's answer from some replica; a replica's loss is retried, with a short
         back-off that lets Serve route around it."""
-        for attempt in range(self.retries + 1):
-            response = self._submit(item)
+        for attempt in range(self.retries):
             try:
-                result = await response
-            except asyncio.CancelledError:
-                response.cancel()
-                raise
+                return await self._answer(item)
             except REPLICA_LOST:
-                if attempt == self.retries:
-                    raise
                 if self._on_retry:
                     self._on_retry()
                 await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
-                continue
-            if isinstance(result, Synthesized) and result.replica:
-                self._seen[result.replica] = self._clock()
-                self._recount()
-            return result
-        raise AssertionError("unreachable")
+        return await self._answer(item)
+
+    async def _answer(self, item: SynthesisItem) -> Any:
+        response = self._submit(item)
+        try:
+            result = await response
+        except asyncio.CancelledError:
+            response.cancel()
+            raise
+        if isinstance(result, Synthesized) and result.replica:
+            self._seen[result.replica] = self._clock()
+            self._recount()
+        return result
 
     def _recount(self) -> None:
         cutoff = self._clock() - self.window_s
