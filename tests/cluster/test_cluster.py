@@ -8,7 +8,14 @@ import pytest
 import ray
 from ray import serve
 
-from tests.cluster.conftest import FakeCluster, Load, ready, running_replicas, wait_for
+from tests.cluster.conftest import (
+    FakeCluster,
+    Load,
+    ready,
+    running_replicas,
+    settled,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -43,7 +50,7 @@ def replica_stats(count: int) -> dict[str, dict]:
 def test_model_replicas_land_on_gpu_nodes_each_on_its_own_gpu(cluster: FakeCluster) -> None:
     gpu = synthesizer(4, ray_actor_options={"num_cpus": 0, "num_gpus": 1})
     cluster.deploy(APP, [gpu])
-    wait_for(lambda: ready(cluster.url), 120, "the app to be ready")
+    wait_for(lambda: ready(cluster.url) and settled(4), 120, "four replicas")
     replicas = list(replica_stats(4).values())
     assert {s["node"] for s in replicas} == cluster.gpu_nodes
     assert {s["device"] for s in replicas} == {"cuda"}
@@ -68,7 +75,7 @@ def test_model_replicas_scale_up_on_queued_items_and_back_down(cluster: FakeClus
         ],
         autoscaling_policy={"policy_function": "serve_app.autoscaling:scale_on_items"},
     )
-    wait_for(lambda: ready(cluster.url) and running_replicas() == 1, 120, "one replica")
+    wait_for(lambda: ready(cluster.url) and settled(1), 120, "one replica")
     with Load(cluster.url, clients=12) as load:
         wait_for(lambda: running_replicas() >= 3, 90, "scale-up to 3+ replicas")
         # The ingress lets more items through once more replicas answer it.
@@ -87,7 +94,7 @@ def test_model_replicas_scale_up_on_queued_items_and_back_down(cluster: FakeClus
 
 def test_killing_a_model_replica_under_load_fails_no_request(cluster: FakeCluster) -> None:
     cluster.deploy({**APP, "fake_delay_s": 0.5}, [synthesizer(2)])
-    wait_for(lambda: ready(cluster.url) and running_replicas() == 2, 120, "two replicas")
+    wait_for(lambda: ready(cluster.url) and settled(2), 120, "two replicas")
     victim = next(
         a["name"]
         for a in ray.util.list_named_actors(all_namespaces=True)
@@ -107,7 +114,7 @@ def test_serve_deploy_under_load_applies_in_place_or_rolls_without_failures(
     cluster: FakeCluster,
 ) -> None:
     cluster.deploy(APP, [synthesizer(2)])
-    wait_for(lambda: ready(cluster.url) and running_replicas() == 2, 120, "two replicas")
+    wait_for(lambda: ready(cluster.url) and settled(2), 120, "two replicas")
     before = replica_stats(2)
     with Load(cluster.url, clients=8) as load:
         load.wait_for_answers(8)
