@@ -10,11 +10,23 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError
+from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
+from ray.exceptions import OutOfMemoryError as WorkerKilledForMemory
+from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger("ray.serve.chorus.errors")
+
+# A model replica (or its node) went away before answering: the item never finished. Sentence
+# items are idempotent (same seed, same samples), so the ingress sends them again; once it
+# stops retrying, the client hears "replica unavailable".
+REPLICA_LOST = (
+    RayActorError,
+    WorkerCrashedError,
+    NodeDiedError,
+    ReplicaUnavailableError,
+    WorkerKilledForMemory,
+)
 
 
 class ErrorDetail(BaseModel):
@@ -198,7 +210,7 @@ def as_chorus_error(exc: Exception, retry_after_s: float | None = None) -> Choru
         )
     if isinstance(exc, SynthesisError):
         return SynthesisFailed(f"synthesis failed: {exc.args[0] if exc.args else exc}")
-    if isinstance(exc, RayActorError):
+    if isinstance(exc, REPLICA_LOST):
         return Overloaded(
             "a model replica became unavailable; retry shortly",
             code="replica_unavailable",

@@ -8,21 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
-from ray.exceptions import OutOfMemoryError as WorkerKilledForMemory
-from ray.serve.exceptions import ReplicaUnavailableError
-
 from .engines.base import SynthesisItem, Synthesized
-
-# The replica (or its node) went away: the item never finished, and sentence items are
-# idempotent (same seed, same samples), so sending it again is safe.
-REPLICA_LOST = (
-    RayActorError,
-    WorkerCrashedError,
-    NodeDiedError,
-    ReplicaUnavailableError,
-    WorkerKilledForMemory,
-)
+from .errors import REPLICA_LOST
 
 
 class ModelReplicas:

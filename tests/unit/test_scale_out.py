@@ -9,12 +9,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from ray.exceptions import ActorDiedError
+from ray.exceptions import ActorDiedError, NodeDiedError, WorkerCrashedError
 from ray.serve.config import AutoscalingConfig
 
 from serve_app.autoscaling import scale_on_items
 from serve_app.engines.base import Synthesized
-from serve_app.errors import ItemTooLarge, PayloadTooLarge, as_chorus_error
+from serve_app.errors import ItemTooLarge, Overloaded, PayloadTooLarge, as_chorus_error
 from serve_app.replicas import ModelReplicas
 from serve_app.synthesizer import is_out_of_memory
 from tests.unit.test_backlog import Clock, item
@@ -127,3 +127,11 @@ def test_a_sentence_that_never_fits_is_a_413_naming_the_input() -> None:
     error = as_chorus_error(ItemTooLarge("too big"))
     assert isinstance(error, PayloadTooLarge)
     assert error.status == 413 and error.param == "input"
+
+
+@pytest.mark.parametrize("lost", [ActorDiedError(), WorkerCrashedError(), NodeDiedError("n")])
+def test_a_replica_lost_past_the_retries_is_a_503_replica_unavailable(lost) -> None:
+    error = as_chorus_error(lost, retry_after_s=3)
+    assert isinstance(error, Overloaded)
+    assert (error.status, error.code) == (503, "replica_unavailable")
+    assert error.headers == {"Retry-After": "3"}
