@@ -29,20 +29,15 @@ from load_tests.compare import closed_loop
 from load_tests.texts import request_texts
 from serve_app.app import bind_app
 from serve_app.config import parse_app_args
-from serve_app.local import deploy_args, free_port
+from serve_app.local import deploy_args, free_port, settled
 
 
 def wait_ready(url: str, replicas: int, timeout_s: float = 300) -> None:
-    from ray import serve
-
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = serve.status().applications["chorus"].deployments["Synthesizer"]
-        up = status.replica_states.get("RUNNING", 0) == replicas and status.status == "HEALTHY"
-        if up and httpx.get(f"{url}/readyz", timeout=10).status_code == 200:
-            return
+    while not (settled(replicas) and httpx.get(f"{url}/readyz", timeout=10).status_code == 200):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{replicas} replicas not ready in {timeout_s} s")
         time.sleep(1)
-    raise TimeoutError(f"{replicas} replicas not ready in {timeout_s} s")
 
 
 async def measure(url: str, port: int, args: argparse.Namespace) -> dict:

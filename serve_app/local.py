@@ -26,6 +26,18 @@ def deploy_args(path: Path = SERVE_CONFIG) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())["applications"][0]["args"]
 
 
+def settled(replicas: int, app: str = "chorus", deployment: str = "Synthesizer") -> bool:
+    """The last deploy of `app` is done: it runs, with exactly `replicas` replicas of
+    `deployment`, none starting, updating or stopping (a connected Ray driver only).
+
+    NOTE: "n replicas RUNNING" alone is also true before a rolling update has begun."""
+    from ray import serve
+
+    status = serve.status().applications[app]
+    states = {k: v for k, v in status.deployments[deployment].replica_states.items() if v}
+    return status.status == "RUNNING" and states == {"RUNNING": replicas}
+
+
 @contextmanager
 def running_chorus(
     app: Any, port: int | None = None, ready_timeout_s: float = 180, metrics_port: int | None = None

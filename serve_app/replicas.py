@@ -61,7 +61,7 @@ class ModelReplicas:
     def _recount(self) -> None:
         cutoff = self._clock() - self.window_s
         self._seen = {r: t for r, t in self._seen.items() if t >= cutoff}
-        count = self.count()
+        count = max(1, len(self._seen))
         if count != self._counted:
             self._counted = count
             if self._on_count:

@@ -39,7 +39,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def cuda_usable() -> bool:
-    """CUDA works in this process (a test cluster's fake GPUs have none)."""
+    """CUDA works in this process."""
     import torch
 
     return torch.cuda.is_available()
@@ -71,6 +71,8 @@ class Synthesizer:
     ) -> None:
         configure_logging()
         self.device = pick_device()
+        # NOTE: a test cluster's fake GPUs give a "cuda" device without CUDA.
+        self._cuda = self.device == "cuda" and cuda_usable()
         threads = (cpu_threads or os.cpu_count() or 1) if self.device == "cpu" else None
         # NOTE: one worker thread runs everything torch does here, loading included: the event
         # loop stays free to take items, cancellations and health checks while a batch runs,
@@ -156,7 +158,7 @@ class Synthesizer:
             m.real_time_factor.observe(seconds / audio_s)
         if self.engine.padding_efficiency is not None:
             m.padding_efficiency.observe(self.engine.padding_efficiency)
-        if self.device == "cuda" and cuda_usable():
+        if self._cuda:
             import torch
 
             m.gpu_memory.set(torch.cuda.memory_allocated(), tags={"kind": "allocated"})
@@ -193,7 +195,7 @@ class Synthesizer:
         fails its request."""
         self.out_of_memory += 1
         self.metrics.out_of_memory.inc()
-        if self.device == "cuda" and cuda_usable():
+        if self._cuda:
             import torch
 
             torch.cuda.empty_cache()

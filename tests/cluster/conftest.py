@@ -125,18 +125,6 @@ def ready(url: str) -> bool:
     return httpx.get(f"{url}/readyz", timeout=10).status_code == 200
 
 
-def settled(replicas: int) -> bool:
-    """The last `serve deploy` is done: the app runs with exactly `replicas` Synthesizer
-    replicas, none starting, updating or stopping.
-
-    NOTE: `running_replicas() == n` alone is also true before a roll has begun."""
-    from ray import serve
-
-    app = serve.status().applications["chorus"]
-    states = {k: v for k, v in app.deployments["Synthesizer"].replica_states.items() if v}
-    return app.status == "RUNNING" and states == {"RUNNING": replicas}
-
-
 def running_replicas(deployment: str = "Synthesizer") -> int:
     from ray import serve
 

@@ -8,12 +8,12 @@ import pytest
 import ray
 from ray import serve
 
+from serve_app.local import settled
 from tests.cluster.conftest import (
     FakeCluster,
     Load,
     ready,
     running_replicas,
-    settled,
     wait_for,
 )
 
