@@ -300,10 +300,22 @@ class SynthesizerUserConfig(_Warned):
     batch_wait_timeout_s: float = Field(
         0.005, ge=0, le=1.0, description="How long a batch waits to fill before it runs."
     )
-    max_batch_frames: int = Field(
-        40_000,
+    max_batch_frames: int | None = Field(
+        None,
         ge=500,
-        description="GPU only: cap on a padded decoder batch, in frames (256 samples each).",
+        description="GPU: padded frames (256 samples each) one group of a batch may have. "
+        "Default: measured at start from the memory a frame needs and the free GPU memory.",
+    )
+    decoder_dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32",
+        description="Precision of the decoder (durations are always decided in float32). "
+        "A half precision that drifts below 35 dB SNR against float32 on a start-up check "
+        "is refused: the replica keeps float32 and logs why.",
+    )
+    decoder_compile: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="torch.compile the decoder (fused elementwise kernels); auto: on GPU "
+        "only. Compiled at start (tens of seconds, logged); eager if compiling fails.",
     )
     stall_timeout_s: float = Field(
         120.0,
@@ -311,6 +323,11 @@ class SynthesizerUserConfig(_Warned):
         description="A batch still running after this long fails the replica's health check, "
         "so Serve replaces the replica (its items are retried on another one).",
     )
+
+    def compiles_decoder(self, device_type: str) -> bool:
+        if self.decoder_compile == "auto":
+            return device_type == "cuda"
+        return self.decoder_compile == "on"
 
 
 def env(name: str, default: str | None = None) -> str | None:

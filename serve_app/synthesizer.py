@@ -20,7 +20,7 @@ from .metrics import SynthesizerMetrics
 
 logger = logging.getLogger("ray.serve.chorus.synthesizer")
 
-DEFAULT_BATCH = {"cpu": 4, "cuda": 16}
+DEFAULT_BATCH = {"cpu": 4, "cuda": 64}
 
 
 def use_threads(threads: int | None) -> None:
@@ -97,20 +97,29 @@ class Synthesizer:
         self._running_since: float | None = None  # when the batch now running started
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.metrics = SynthesizerMetrics(self.device)
-        self.reconfigure({})  # defaults until Serve passes the deployment's user_config
+        self._apply_batching(SynthesizerUserConfig())  # until reconfigure() runs
         logger.info("Synthesizer ready on %s with voices %s", self.device, self.engine.voices)
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
-        self.settings = SynthesizerUserConfig.model_validate(user_config or {})
-        batch = self.settings.max_batch_size or DEFAULT_BATCH.get(self.device, 4)
+    async def reconfigure(self, user_config: dict[str, Any] | None, rank: Any = None) -> None:
+        """Apply the user_config (in place on a `serve deploy` that changes it).
+
+        NOTE: `rank` in the signature makes Serve call this at start even without a
+        user_config, so the engine is tuned (its decoder compiled and checked) once, with the
+        final settings, before the replica takes requests.
+        """
+        settings = SynthesizerUserConfig.model_validate(user_config or {})
+        loop = asyncio.get_running_loop()
+        # NOTE: on the engine's thread, so never beside a running batch.
+        await loop.run_in_executor(self._executor, self.engine.reconfigure, settings)
+        self._apply_batching(settings)
+
+    def _apply_batching(self, settings: SynthesizerUserConfig) -> None:
+        self.settings = settings
+        batch = settings.max_batch_size or DEFAULT_BATCH.get(self.device, 4)
         self.max_batch_size = batch  # NOTE: a new size replaces a cap set after an OOM
         self._batch.set_max_batch_size(batch)
-        self._batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
-        if hasattr(self.engine, "max_batch_frames"):
-            self.engine.max_batch_frames = self.settings.max_batch_frames
-        logger.info(
-            "Batching: max_batch_size=%d wait=%.3fs", batch, self.settings.batch_wait_timeout_s
-        )
+        self._batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        logger.info("Batching: max_batch_size=%d wait=%.3fs", batch, settings.batch_wait_timeout_s)
 
     async def synthesize(self, item: SynthesisItem) -> Synthesized:
         """Audio of one sentence item (batched with whatever else is waiting)."""
@@ -230,6 +239,7 @@ class Synthesizer:
             "device": self.device,
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
             "pid": os.getpid(),
+            "engine": self.engine.status(),
         }
 
     def check_health(self) -> None:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from ..config import SynthesizerUserConfig
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,13 @@ class Engine(ABC):
     # Real / computed (padded) frames of the last `synthesize` call, for the batch padding
     # metric; None when an engine cannot tell.
     padding_efficiency: float | None = None
+
+    def reconfigure(self, settings: SynthesizerUserConfig) -> None:  # noqa: B027 - optional hook
+        """Apply the replica's user_config (called at start and on every change)."""
+
+    def status(self) -> dict[str, Any]:
+        """What the engine runs with (precision, budgets), for the replica's stats."""
+        return {}
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources; does nothing by default."""

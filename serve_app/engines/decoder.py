@@ -1,19 +1,26 @@
 """HiFi-GAN decoder rebuilt from piper's Generator with 2-D convolutions on (N, C, 1, T).
 
 On CPU, oneDNN runs channels-last 2-D convolutions much faster than the 1-D ones it replaces
-(see README, Performance). With `lengths`, padding never leaks into an item: every layer's
+(see README, Performance). With a `mask`, padding never leaks into an item: every layer's
 input is zero past the item's end, exactly as for the item decoded alone.
+
+The forward pass takes tensors only (no Python-side padding object), so `torch.compile`
+traces it whole; `DecoderRunner` picks eager or compiled, and the precision.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import time
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+logger = logging.getLogger("ray.serve.chorus.engine")
+
 _LRELU_SLOPE = 0.1
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _to_2d(conv: nn.Conv1d | nn.ConvTranspose1d) -> nn.Conv2d | nn.ConvTranspose2d:
@@ -30,32 +37,10 @@ def _to_2d(conv: nn.Conv1d | nn.ConvTranspose1d) -> nn.Conv2d | nn.ConvTranspose
     return out
 
 
-@dataclass(frozen=True)
-class _Padding:
-    """Zeroes everything past each item's end. One item: fill its tail in place (cheap);
-    several: multiply by a mask (one kernel however many items)."""
-
-    lengths: list[int]
-    mask: torch.Tensor | None
-
-    @classmethod
-    def of(cls, lengths: list[int], width: int, device: torch.device) -> _Padding:
-        if len(lengths) == 1:
-            return cls(lengths, None)
-        mask = torch.arange(width, device=device) < torch.tensor(lengths, device=device)[:, None]
-        return cls(lengths, mask.view(len(lengths), 1, 1, width).float())
-
-    def upsample(self, rate: int) -> _Padding:
-        mask = None if self.mask is None else self.mask.repeat_interleave(rate, dim=3)
-        return _Padding([n * rate for n in self.lengths], mask)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mask is not None:
-            return x * self.mask.to(x.dtype)
-        (n,) = self.lengths
-        if n < x.size(3):
-            x[..., n:] = 0
-        return x
+def frame_mask(frames: list[int], width: int, device: torch.device) -> torch.Tensor:
+    """(N, width): 1 inside each item's `frames`, 0 in its padding."""
+    lengths = torch.tensor(frames, device=device)
+    return (torch.arange(width, device=device) < lengths[:, None]).float()
 
 
 class _ResBlock(nn.Module):
@@ -70,19 +55,19 @@ class _ResBlock(nn.Module):
             self.first = nn.ModuleList(_to_2d(c) for c in block.convs)
             self.second = None
 
-    def forward(self, x: torch.Tensor, pad: _Padding | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         for i, conv in enumerate(self.first):
-            xt = F.leaky_relu(x, _LRELU_SLOPE)
-            if pad is not None:
-                xt = pad(xt)
+            xt = _masked(F.leaky_relu(x, _LRELU_SLOPE), mask)
             xt = conv(xt)
             if self.second is not None:
-                xt = F.leaky_relu_(xt, _LRELU_SLOPE)
-                if pad is not None:
-                    xt = pad(xt)
-                xt = self.second[i](xt)
+                xt = self.second[i](_masked(F.leaky_relu_(xt, _LRELU_SLOPE), mask))
             x = xt + x
-        return x if pad is None else pad(x)
+        return _masked(x, mask)
+
+
+def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    # NOTE: in place: every tensor masked here is a fresh intermediate.
+    return x if mask is None else x.mul_(mask)
 
 
 class Decoder2d(nn.Module):
@@ -95,22 +80,66 @@ class Decoder2d(nn.Module):
         self.resblocks = nn.ModuleList(_ResBlock(b) for b in generator.resblocks)
         self.conv_post = _to_2d(generator.conv_post)
 
-    def forward(self, z: torch.Tensor, lengths: list[int] | None = None) -> torch.Tensor:
-        """z (N, C, T) -> audio (N, T * hop); `lengths` (frames) zero padding at every layer."""
+    def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """z (N, C, T) -> audio (N, T * hop); `mask` (N, T) zeroes padding at every layer."""
         x = z.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-        pad = None if lengths is None else _Padding.of(lengths, z.size(2), z.device)
-        x = self.conv_pre(x)
-        if pad is not None:
-            x = pad(x)
+        if mask is not None:
+            mask = mask.to(x.dtype).view(mask.size(0), 1, 1, mask.size(1))
+        x = _masked(self.conv_pre(x), mask)
         for i, (up, rate) in enumerate(zip(self.ups, self.rates, strict=True)):
             x = up(F.leaky_relu_(x, _LRELU_SLOPE))
-            if pad is not None:
-                pad = pad.upsample(rate)
-                x = pad(x)
+            if mask is not None:
+                mask = mask.repeat_interleave(rate, dim=3)
+            x = _masked(x, mask)
             blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
-            acc = blocks[0](x, pad)
+            acc = blocks[0](x, mask)
             for block in blocks[1:]:
-                acc = acc + block(x, pad)
+                acc = acc + block(x, mask)
             x = acc / self.num_kernels
         x = torch.tanh(self.conv_post(F.leaky_relu_(x)))
         return x.reshape(x.size(0), -1)
+
+
+class DecoderRunner:
+    """The decoder as served: its precision, eager or compiled, with an eager fallback.
+
+    The float32 decoder is always kept: it is the reference of the precision self-check and
+    what a refused or failed setting falls back to.
+    """
+
+    def __init__(self, decoder: Decoder2d) -> None:
+        self.reference = decoder
+        self.dtype = torch.float32
+        self.compiled = False
+        self._module: nn.Module = decoder
+        self._call = decoder
+
+    @torch.inference_mode()
+    def __call__(self, z: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return self._call(z.to(self.dtype), mask).float()
+
+    def use(self, dtype: torch.dtype, compile_: bool) -> None:
+        """Run in `dtype`, compiled or not (the caller warms and checks it)."""
+        module = self.reference
+        if dtype != torch.float32:
+            module = _copy(self.reference).to(dtype)
+        self.dtype, self._module, self.compiled = dtype, module, compile_
+        # NOTE: dynamic shapes: batch size and length vary per call; one graph serves all
+        # (static shapes recompiled for every new length, tens of seconds each).
+        self._call = torch.compile(module, dynamic=True) if compile_ else module
+
+    def use_eager(self) -> None:
+        self._call, self.compiled = self._module, False
+
+    def warm(self, z: torch.Tensor, masks: list[torch.Tensor | None]) -> float:
+        """Run once per mask shape (compiles a compiled decoder); seconds taken."""
+        start = time.perf_counter()
+        for mask in masks:
+            self(z, mask)
+        return time.perf_counter() - start
+
+
+def _copy(module: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(module)

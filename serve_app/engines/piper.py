@@ -1,40 +1,47 @@
-"""Piper VITS voices run in PyTorch, with weights taken from the voice's ONNX file.
+"""Piper VITS voices run in PyTorch: the default engine.
 
-Only `piper.train.vits.models` is imported from piper's training package: the rest pulls in
-training-only dependencies.
+A sentence goes through two stages. The phoneme stage (text encoder, duration predictor)
+decides how many frames each phoneme lasts; the frame stage (alignment, flow, decoder) makes
+the audio. On a GPU each stage runs on length-sorted groups of the batch, planned again once
+the frame counts are known, so padding stays low where most of the work is. On CPU each item
+runs alone (padded batches are slower there; see README, Performance).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
-from piper.train.vits import commons
-from piper.train.vits.models import SynthesizerTrn
 from torch.nn import functional as F
 
-from ..config import VoiceSource
+from ..config import SynthesizerUserConfig, VoiceSource
 from ..voices import VoiceInfo, VoiceLoadError
+from . import precision
 from .base import Engine, SynthesisItem
-from .decoder import Decoder2d
+from .decoder import DTYPES, Decoder2d, DecoderRunner, frame_mask
+from .grouping import plan_groups
+from .noise import gaussian
+from .vits import build_vits, read_onnx_voice
 
 logger = logging.getLogger("ray.serve.chorus.engine")
 
-# Parts of SynthesizerTrn that inference never runs (posterior encoder, SDP training flows).
-_TRAINING_ONLY = ("enc_q.", "dp.post_", "dp.flows.1.")
 # Frames that decoder inputs are padded up to on CPU (see `decode_bucket`).
 _WARM_BUCKETS_UP_TO = 1024
+# A generous upper estimate of frames per phoneme id (medium voices, speed 1), used to size
+# phoneme-stage groups before the real frame counts are known.
+_FRAMES_PER_PHONEME = 6
+# Noise streams of one item: durations, then latents.
+_DURATION_NOISE, _LATENT_NOISE = 0, 1
 
 
 def decode_bucket(frames: int) -> int:
-    """Padded length for a per-item decode.
+    """Padded length for a per-item decode on CPU.
 
     NOTE: oneDNN builds new convolution primitives for every input length it has not seen
     (~70-100 ms here), so real text, where almost every sentence has a new length, ran at
@@ -47,139 +54,19 @@ def decode_bucket(frames: int) -> int:
     return -(-frames // 1024) * 1024
 
 
-@dataclass(frozen=True)
-class VitsHyperParams:
-    n_vocab: int
-    inter_channels: int
-    hidden_channels: int
-    filter_channels: int
-    n_heads: int
-    n_layers: int
-    kernel_size: int
-    resblock: str
-    resblock_kernel_sizes: tuple[int, ...]
-    resblock_dilation_sizes: tuple[tuple[int, ...], ...]
-    upsample_rates: tuple[int, ...]
-    upsample_initial_channel: int
-    upsample_kernel_sizes: tuple[int, ...]
-    use_sdp: bool
+@dataclass
+class Aligned:
+    """One item after the phoneme stage: its priors per phoneme and frames per phoneme."""
 
-    @property
-    def hop_length(self) -> int:
-        return math.prod(self.upsample_rates)
-
-
-def read_onnx_voice(model: onnx.ModelProto) -> tuple[VitsHyperParams, dict[str, np.ndarray]]:
-    """Hyper-parameters and a SynthesizerTrn state dict recovered from an exported Piper voice."""
-    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    nodes = {n.name: n for n in model.graph.node}
-    consumer: dict[str, onnx.NodeProto] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumer.setdefault(name, node)
-
-    def attr(node_name: str, key: str) -> tuple[int, ...]:
-        node = nodes[node_name]
-        return tuple(next(a.ints for a in node.attribute if a.name == key))
-
-    state: dict[str, np.ndarray] = {}
-    for name, array in inits.items():
-        if name == "sid":  # the phoneme embedding is stored under this name
-            state["enc_p.emb.weight"] = array
-        elif name.startswith("onnx::Conv_"):
-            # Folded weight-norm weights of the flow's WaveNets. NOTE: their numbering follows
-            # execution order, so map each by the Conv node that consumes it, never by sorting.
-            node = consumer[name].name  # e.g. /flow/flows.6/enc/in_layers.0/Conv
-            state[node.strip("/").rsplit("/", 1)[0].replace("/", ".") + ".weight"] = array
-        elif name == "/dp/flows.0/Exp_output_0":  # folded exp(-logs) of the SDP's affine flow
-            state["dp.flows.0.logs"] = -np.log(array)
-        elif not name.startswith(("/", "onnx::")) and not name.isdigit():
-            state[name] = array
-    if any(k.startswith("emb_g.") for k in state):
-        raise VoiceLoadError("multi-speaker voices are not supported yet")
-
-    n_vocab, hidden = state["enc_p.emb.weight"].shape
-    ffn = state["enc_p.encoder.ffn_layers.0.conv_1.weight"]
-    n_ups = sum(1 for k in state if k.startswith("dec.ups.") and k.endswith(".weight"))
-    resblock = "1" if "dec.resblocks.0.convs1.0.weight" in state else "2"
-    n_res = len({k.split(".")[2] for k in state if k.startswith("dec.resblocks.")})
-    n_kernels = n_res // n_ups
-    conv_names = ("convs1",) if resblock == "1" else ("convs",)
-    kernel_sizes, dilations = [], []
-    for j in range(n_kernels):
-        prefix = f"dec.resblocks.{j}.{conv_names[0]}"
-        n_convs = sum(1 for k in state if k.startswith(prefix) and k.endswith(".weight"))
-        kernel_sizes.append(int(state[f"{prefix}.0.weight"].shape[2]))
-        dilations.append(
-            tuple(
-                attr(f"/dec/resblocks.{j}/{conv_names[0]}.{c}/Conv", "dilations")[0]
-                for c in range(n_convs)
-            )
-        )
-    params = VitsHyperParams(
-        n_vocab=int(n_vocab),
-        inter_channels=int(state["enc_p.proj.weight"].shape[0] // 2),
-        hidden_channels=int(hidden),
-        filter_channels=int(ffn.shape[0]),
-        n_heads=int(hidden // state["enc_p.encoder.attn_layers.0.emb_rel_k"].shape[2]),
-        n_layers=sum(1 for k in state if k.endswith(".conv_q.weight")),
-        kernel_size=int(ffn.shape[2]),
-        resblock=resblock,
-        resblock_kernel_sizes=tuple(kernel_sizes),
-        resblock_dilation_sizes=tuple(dilations),
-        upsample_rates=tuple(
-            attr(f"/dec/ups.{i}/ConvTranspose", "strides")[0] for i in range(n_ups)
-        ),
-        upsample_initial_channel=int(state["dec.conv_pre.weight"].shape[0]),
-        upsample_kernel_sizes=tuple(
-            int(state[f"dec.ups.{i}.weight"].shape[2]) for i in range(n_ups)
-        ),
-        use_sdp="dp.flows.0.m" in state,
-    )
-    return params, state
-
-
-def build_vits(params: VitsHyperParams, state: dict[str, np.ndarray]) -> SynthesizerTrn:
-    """An inference-ready SynthesizerTrn (weight norm removed, training-only parts unloaded)."""
-    model = SynthesizerTrn(
-        params.n_vocab,
-        513,
-        32,
-        params.inter_channels,
-        params.hidden_channels,
-        params.filter_channels,
-        params.n_heads,
-        params.n_layers,
-        params.kernel_size,
-        0.0,
-        params.resblock,
-        params.resblock_kernel_sizes,
-        params.resblock_dilation_sizes,
-        params.upsample_rates,
-        params.upsample_initial_channel,
-        params.upsample_kernel_sizes,
-        n_speakers=1,
-        gin_channels=0,
-        use_sdp=params.use_sdp,
-    )
-    # NOTE: the ONNX export folded weight norm into plain weights, so remove it before loading.
-    model.dec.remove_weight_norm()
-    for flow in model.flow.flows:
-        if hasattr(flow, "enc"):
-            flow.enc.remove_weight_norm()
-    tensors = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
-    result = model.load_state_dict(tensors, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(_TRAINING_ONLY)]
-    if missing or result.unexpected_keys:
-        raise VoiceLoadError(
-            f"voice weights do not fit the model: missing {missing[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]}"
-        )
-    return model.eval()
+    item: SynthesisItem
+    m_p: torch.Tensor  # (C, L)
+    logs_p: torch.Tensor  # (C, L)
+    durations: torch.Tensor  # (L,) frames of each phoneme
+    frames: int
 
 
 class VitsVoice:
-    """One loaded voice: front end (text encoder, durations, flow) and a padding-exact decoder."""
+    """One loaded voice: the two front-end stages and a padding-exact decoder."""
 
     def __init__(self, info: VoiceInfo, device: torch.device) -> None:
         params, state = read_onnx_voice(onnx.load(str(info.model_path)))
@@ -187,48 +74,54 @@ class VitsVoice:
         self.params = params
         self.device = device
         self.model = build_vits(params, state).to(device)
-        self.decoder = Decoder2d(self.model.dec, params.upsample_rates).eval().to(device)
-        self.decoder.to(memory_format=torch.channels_last)
+        decoder = Decoder2d(self.model.dec, params.upsample_rates).eval().to(device)
+        self.decoder = DecoderRunner(decoder.to(memory_format=torch.channels_last))
         del self.model.dec  # replaced by the 2-D decoder above
 
     @torch.inference_mode()
-    def front(self, items: list[SynthesisItem]) -> tuple[torch.Tensor, list[int]]:
-        """Latents z (B, C, T) masked beyond each item's length, and the lengths in frames."""
+    def align(self, items: list[SynthesisItem]) -> list[Aligned]:
+        """The phoneme stage on one padded group: each item's priors and durations."""
         model, dev = self.model, self.device
         lengths = [len(it.phoneme_ids) for it in items]
         ids = torch.zeros(len(items), max(lengths), dtype=torch.long)
         for i, it in enumerate(items):
             ids[i, : lengths[i]] = torch.tensor(it.phoneme_ids)
-        # NOTE: noise comes from each item's own CPU generator, sized by its own length, so an
-        # item's audio does not depend on its neighbours (or on the device).
-        gens = [torch.Generator().manual_seed(it.seed) for it in items]
-        noise_w = _column([it.noise_w for it in items], dev)
-        noise_scale = _column([it.noise_scale for it in items], dev)
-        length_scale = _column([it.length_scale for it in items], dev)
-
         x, m_p, logs_p, x_mask = model.enc_p(ids.to(dev), torch.tensor(lengths, device=dev))
-        eps_w = _padded_noise(gens, 2, lengths).to(dev)
+        seeds = [it.seed for it in items]
         if self.params.use_sdp:
-            logw = _sdp_reverse(model.dp, x, x_mask, eps_w * noise_w)
+            eps_w = gaussian(seeds, _DURATION_NOISE, 2, lengths, dev)
+            logw = _sdp_reverse(model.dp, x, x_mask, eps_w * _column(items, "noise_w", dev))
         else:
             logw = model.dp(x, x_mask)
-        w_ceil = torch.ceil(torch.exp(logw) * x_mask * length_scale)
-        y_lengths = torch.clamp_min(torch.sum(w_ceil, [1, 2]), 1).long()
-        frames = y_lengths.tolist()
-        y_mask = commons.sequence_mask(y_lengths, max(frames)).unsqueeze(1).to(x_mask.dtype)
-        attn = commons.generate_path(w_ceil, x_mask.unsqueeze(2) * y_mask.unsqueeze(-1))
-        m_p = torch.matmul(attn.squeeze(1), m_p.transpose(1, 2)).transpose(1, 2)
-        logs_p = torch.matmul(attn.squeeze(1), logs_p.transpose(1, 2)).transpose(1, 2)
-        eps_z = _padded_noise(gens, m_p.size(1), frames).to(dev)
-        z_p = m_p + eps_z * torch.exp(logs_p) * noise_scale
-        z = model.flow(z_p, y_mask, reverse=True)
-        return z * y_mask, frames
+        w_ceil = torch.ceil(torch.exp(logw) * x_mask * _column(items, "length_scale", dev))
+        frames = torch.clamp_min(torch.sum(w_ceil, [1, 2]), 1).long().tolist()
+        return [
+            Aligned(it, m_p[i, :, :n], logs_p[i, :, :n], w_ceil[i, 0, :n], frames[i])
+            for i, (it, n) in enumerate(zip(items, lengths, strict=True))
+        ]
 
     @torch.inference_mode()
+    def latents(self, group: list[Aligned]) -> torch.Tensor:
+        """The flow's input and output for one padded group: z (B, C, T), zero past each end."""
+        dev, frames = self.device, [a.frames for a in group]
+        width = max(frames)
+        # NOTE: each frame takes its phoneme's prior by index (piper multiplies by a 0/1 path
+        # matrix: the same values, but a matmul that TF32 would round).
+        phoneme = torch.stack([_frame_to_phoneme(a.durations, width) for a in group])  # (B, T)
+        y_mask = frame_mask(frames, width, dev).unsqueeze(1)  # (B, 1, T)
+        m_p = _expand([a.m_p for a in group], phoneme) * y_mask
+        logs_p = _expand([a.logs_p for a in group], phoneme) * y_mask
+        seeds = [a.item.seed for a in group]
+        eps_z = gaussian(seeds, _LATENT_NOISE, m_p.size(1), frames, dev)
+        noise_scale = _column([a.item for a in group], "noise_scale", dev)
+        z_p = m_p + eps_z * torch.exp(logs_p) * noise_scale
+        return self.model.flow(z_p, y_mask, reverse=True) * y_mask
+
     def decode(self, z: torch.Tensor, frames: list[int]) -> list[np.ndarray]:
-        """Audio of each item of a padded batch of latents (padding zeroed at every layer)."""
+        """Audio of each item of a padded group of latents (padding zeroed at every layer)."""
         padded = len(frames) > 1 or frames[0] != z.size(2)
-        out = self.decoder(z, frames if padded else None).float().cpu().numpy()
+        mask = frame_mask(frames, z.size(2), z.device) if padded else None
+        out = self.decoder(z, mask).cpu().numpy()
         hop = self.params.hop_length
         return [out[i, : n * hop].copy() for i, n in enumerate(frames)]
 
@@ -238,35 +131,46 @@ class VitsVoice:
         z = z[:, :, :width] if z.size(2) >= width else F.pad(z, (0, width - z.size(2)))
         return self.decode(z, [frames])[0]
 
-    def warm_decoder(self, up_to: int) -> None:
+    def warm_decoder(self, up_to: int) -> float:
+        """Run every CPU length bucket once; seconds taken."""
+        start = time.perf_counter()
         buckets = sorted({decode_bucket(n) for n in range(1, up_to + 1)})
         z = torch.zeros(1, self.params.inter_channels, up_to, device=self.device)
         for width in buckets:
             self.decode(z[:, :, :width], [width])
+        return time.perf_counter() - start
 
 
 class PiperEngine(Engine):
     """All configured Piper voices, one replica's worth.
 
     Batch policy by device (measured, see README): on CPU each item runs through the model
-    alone (padded batches are slower there, and solo runs are bit-exact); on a GPU everything runs
-    batched, sorted by length and cut so a decoder batch stays under `max_batch_frames`.
+    alone (padded batches are slower there, and solo runs are bit-exact); on a GPU both stages
+    run on length-sorted groups (`plan_groups`), each within a frame budget.
     """
 
     def __init__(
         self,
         voices: list[VoiceSource],
-        max_batch_frames: int = 40_000,
         decode_policy: str = "auto",
         warm_buckets: bool = True,
+        group_overhead_frames: int = 1000,
+        min_decoder_snr_db: float = precision.MIN_SNR_DB,
     ) -> None:
         if decode_policy not in ("auto", "per_item", "batched"):
             raise ValueError(f"unknown decode_policy {decode_policy!r}")
         self._sources = voices
         self._voices: dict[str, VitsVoice] = {}
-        self.max_batch_frames = max_batch_frames
         self.decode_policy = decode_policy
         self.warm_buckets = warm_buckets
+        # NOTE: what one more group costs (launches, host round trips), in frames of work; a
+        # cut that saves fewer padded frames than this is not worth a group.
+        self.group_overhead_frames = group_overhead_frames
+        self.min_decoder_snr_db = min_decoder_snr_db
+        self.settings = SynthesizerUserConfig()
+        self.max_batch_frames = self.settings.max_batch_frames or precision.CPU_FRAME_BUDGET
+        self._decoder = ("float32", False)  # asked for: dtype, compiled (as loaded: eager)
+        self.decoder_refused: str | None = None  # why the decoder asked for was refused
         self.device = torch.device("cpu")
 
     @property
@@ -279,6 +183,8 @@ class PiperEngine(Engine):
         # Room for every bucket's primitives (~40 convolutions each); read when oneDNN starts.
         os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "4096")
         self.device = torch.device(device)
+        if self.device.type == "cuda":
+            precision.exact_float32()
         for source in self._sources:
             info = VoiceInfo.load(source)
             try:
@@ -289,11 +195,40 @@ class PiperEngine(Engine):
                 ) from exc
         logger.info("Loaded voices %s on %s", list(self._voices), self.device)
         self.synthesize([_warmup_item(v.info) for v in self._voices.values()])
+        self._warm()
+
+    def reconfigure(self, settings: SynthesizerUserConfig) -> None:
+        """Decoder precision and compilation (checked before use), and the frame budget."""
+        self.settings = settings
+        decoder = (settings.decoder_dtype, settings.compiles_decoder(self.device.type))
+        if decoder != self._decoder:
+            self._tune_decoders(*decoder)
+        self.max_batch_frames = settings.max_batch_frames or self._frame_budget()
+
+    def _tune_decoders(self, dtype_name: str, compile_: bool) -> None:
+        self._decoder = (dtype_name, compile_)
+        dtype = DTYPES[dtype_name]
+        self.decoder_refused = None
+        for voice in self._voices.values():
+            reason = precision.try_decoder(
+                voice, dtype, compile_, _check_items(voice.info), self.min_decoder_snr_db
+            )
+            if reason is not None:
+                self.decoder_refused = reason
+                logger.error("Voice %s keeps a float32 decoder: %s", voice.info.id, reason)
+        self._warm()
+
+    def _warm(self) -> None:
         if self.warm_buckets and not self.batched_decode:
-            start = time.perf_counter()
             for voice in self._voices.values():
-                voice.warm_decoder(_WARM_BUCKETS_UP_TO)
-            logger.info("Decoder buckets warm in %.1f s", time.perf_counter() - start)
+                seconds = voice.warm_decoder(_WARM_BUCKETS_UP_TO)
+                logger.info("Decoder buckets of %s warm in %.1f s", voice.info.id, seconds)
+
+    def _frame_budget(self) -> int:
+        if self.device.type != "cuda" or not self._voices:
+            return precision.CPU_FRAME_BUDGET
+        voice = next(iter(self._voices.values()))
+        return precision.frame_budget(voice, _check_items(voice.info)[-1:] * 16)
 
     @property
     def voices(self) -> list[str]:
@@ -304,51 +239,59 @@ class PiperEngine(Engine):
 
     def synthesize(self, items: list[SynthesisItem]) -> list[np.ndarray]:
         out: list[np.ndarray | None] = [None] * len(items)
-        real = computed = 0  # decoder frames
+        real = padded = 0  # decoder frames
         by_voice: dict[str, list[int]] = {}
         for i, item in enumerate(items):
             by_voice.setdefault(item.voice, []).append(i)
         for voice_id, idx in by_voice.items():
             voice = self._voices[voice_id]
-            for group in self._groups(voice, [items[i] for i in idx], idx):
-                group_items = [items[i] for i in group]
-                z, frames = voice.front(group_items)
-                if self.batched_decode:
-                    audio = voice.decode(z, frames)
-                    computed += max(frames) * len(frames)
-                else:
-                    audio = [voice.decode_one(z, frames[0])]
-                    computed += decode_bucket(frames[0])
-                real += sum(frames)
-                for i, a in zip(group, audio, strict=True):
-                    out[i] = a
-        self.padding_efficiency = real / computed if computed else None
+            run = self._run_groups if self.batched_decode else self._run_alone
+            audio, computed = run(voice, [items[i] for i in idx])
+            for i, a in zip(idx, audio, strict=True):
+                out[i] = a
+                real += a.size // voice.params.hop_length
+            padded += computed
+        self.padding_efficiency = real / padded if padded else None
         return out  # type: ignore[return-value]
 
-    def _groups(
-        self, voice: VitsVoice, items: list[SynthesisItem], idx: list[int]
-    ) -> list[list[int]]:
-        """Per item: one group each. Batched: length-sorted groups with a capped padded size.
+    def _run_alone(
+        self, voice: VitsVoice, items: list[SynthesisItem]
+    ) -> tuple[list[np.ndarray], int]:
+        """Each item through both stages alone: nothing about it depends on its batch."""
+        audio, computed = [], 0
+        for item in items:
+            (aligned,) = voice.align([item])
+            audio.append(voice.decode_one(voice.latents([aligned]), aligned.frames))
+            computed += decode_bucket(aligned.frames)
+        return audio, computed
 
-        NOTE: per item, nothing about an item's computation (shapes included) depends on what
-        shares its batch, so its samples are bit-identical to a solo run. A batched front end
-        gained nothing measurable on CPU (README), while its batch-dependent shapes let float
-        rounding move samples by up to ~1e-4.
-        """
-        if not self.batched_decode:
-            return [[i] for i in idx]
-        # ~6 frames per phoneme id is a generous upper estimate for a medium voice at speed 1.
-        est = {i: it.size * 6 * it.length_scale for i, it in zip(idx, items, strict=True)}
-        groups: list[list[int]] = []
-        current: list[int] = []
-        for i in sorted(idx, key=est.__getitem__):
-            if current and est[i] * (len(current) + 1) > self.max_batch_frames:
-                groups.append(current)
-                current = []
-            current.append(i)
-        if current:
-            groups.append(current)
-        return groups
+    def _run_groups(
+        self, voice: VitsVoice, items: list[SynthesisItem]
+    ) -> tuple[list[np.ndarray], int]:
+        """Phoneme stage on groups planned by phoneme count, frame stage on groups planned
+        again by the real frame counts; (audio in order, padded decoder frames)."""
+        per = _FRAMES_PER_PHONEME
+        overhead, budget = self.group_overhead_frames, self.max_batch_frames
+        aligned: dict[int, Aligned] = {}
+        for group in plan_groups([it.size for it in items], budget // per, overhead / per).groups:
+            aligned.update(zip(group, voice.align([items[i] for i in group]), strict=True))
+        plan = plan_groups([aligned[i].frames for i in range(len(items))], budget, overhead)
+        audio: dict[int, np.ndarray] = {}
+        for group in plan.groups:
+            parts = [aligned[i] for i in group]
+            decoded = voice.decode(voice.latents(parts), [a.frames for a in parts])
+            audio.update(zip(group, decoded, strict=True))
+        return [audio[i] for i in range(len(items))], plan.padded
+
+    def status(self) -> dict[str, Any]:
+        decoders = {v.decoder for v in self._voices.values()}
+        return {
+            "batch_policy": "length_groups" if self.batched_decode else "per_item",
+            "max_batch_frames": self.max_batch_frames,
+            "decoder_dtype": sorted(str(d.dtype).removeprefix("torch.") for d in decoders),
+            "decoder_compiled": any(d.compiled for d in decoders),
+            "decoder_refused": self.decoder_refused,
+        }
 
     def close(self) -> None:
         self._voices.clear()
@@ -356,15 +299,25 @@ class PiperEngine(Engine):
             torch.cuda.empty_cache()
 
 
-def _column(values: list[float], device: torch.device) -> torch.Tensor:
+def _column(items: list[SynthesisItem], field: str, device: torch.device) -> torch.Tensor:
+    values = [getattr(it, field) for it in items]
     return torch.tensor(values, dtype=torch.float32, device=device).view(-1, 1, 1)
 
 
-def _padded_noise(gens: list[torch.Generator], channels: int, lengths: list[int]) -> torch.Tensor:
-    noise = torch.zeros(len(gens), channels, max(lengths))
-    for i, (gen, n) in enumerate(zip(gens, lengths, strict=True)):
-        noise[i, :, :n] = torch.randn(channels, n, generator=gen)
-    return noise
+def _frame_to_phoneme(durations: torch.Tensor, width: int) -> torch.Tensor:
+    """For each of `width` frames, the index of the phoneme it belongs to (clamped past the
+    end; the caller masks those frames)."""
+    ends = torch.cumsum(durations, 0)
+    frame = torch.arange(width, device=durations.device, dtype=ends.dtype)
+    return torch.searchsorted(ends, frame, right=True).clamp_max(durations.numel() - 1)
+
+
+def _expand(priors: list[torch.Tensor], phoneme: torch.Tensor) -> torch.Tensor:
+    """Per item (C, L_i) priors gathered at `phoneme` (B, T) -> (B, C, T)."""
+    width = max(p.size(1) for p in priors)
+    stacked = torch.stack([F.pad(p, (0, width - p.size(1))) for p in priors])
+    index = phoneme.unsqueeze(1).expand(-1, stacked.size(1), -1)
+    return torch.gather(stacked, 2, index)
 
 
 def _sdp_reverse(dp, x: torch.Tensor, x_mask: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -379,7 +332,26 @@ def _sdp_reverse(dp, x: torch.Tensor, x_mask: torch.Tensor, z: torch.Tensor) -> 
     return z[:, :1]
 
 
-def _warmup_item(info: VoiceInfo) -> SynthesisItem:
+def _ids(info: VoiceInfo, ipa: str) -> tuple[int, ...]:
     ids = info.phoneme_id_map
-    seq = [ids["^"][0]] + [p for ch in "həlˈoʊ wˈɜːld." for p in (*ids.get(ch, ()), 0)]
-    return SynthesisItem(info.id, tuple(seq + [ids["$"][0]]), 1.0, 0.667, 0.8, 0)
+    seq = [ids["^"][0]] + [p for ch in ipa for p in (*ids.get(ch, ()), 0)]
+    return tuple(seq + [ids["$"][0]])
+
+
+def _warmup_item(info: VoiceInfo) -> SynthesisItem:
+    return SynthesisItem(info.id, _ids(info, "həlˈoʊ wˈɜːld."), 1.0, 0.667, 0.8, 0)
+
+
+# Sentences of varied length for the decoder precision check (IPA; any voice's map takes the
+# symbols it knows).
+_CHECK_IPA = (
+    "jˈɛs.",
+    "ðə kwˈɪk bɹˈaʊn fˈɑːks dʒˈʌmps ˌoʊvɚ ðə lˈeɪzi dˈɑːɡ.",
+    "spˈiːtʃ sˈɪnθəsˌɪs tˈɜːnz ɹˈɪʔn̩ wˈɜːdz ˌɪntʊ sˈaʊnd ðæt pˈiːpəl kæn hˈɪɹ, "
+    "wˈʌn sˈɛntəns æt ɐ tˈaɪm.",
+)
+
+
+def _check_items(info: VoiceInfo) -> list[SynthesisItem]:
+    """Noise off: what the check compares is the decoder alone."""
+    return [SynthesisItem(info.id, _ids(info, s), 1.0, 0.0, 0.0, 0) for s in _CHECK_IPA]

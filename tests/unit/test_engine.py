@@ -8,10 +8,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 
-from serve_app.config import VoiceSource
+from serve_app.config import SynthesizerUserConfig, VoiceSource
+from serve_app.engines import precision
 from serve_app.engines.base import SynthesisItem
-from serve_app.engines.piper import PiperEngine, read_onnx_voice
+from serve_app.engines.piper import PiperEngine
+from serve_app.engines.precision import snr_db
+from serve_app.engines.vits import read_onnx_voice
 from serve_app.text import TextFrontend
 from serve_app.voices import VoiceInfo, VoiceLoadError
 from tests.helpers import TEXTS
@@ -152,3 +156,57 @@ def test_a_file_that_is_not_a_piper_voice_fails_clearly(tmp_path, info) -> None:
     eng = PiperEngine([VoiceSource(id="bad", model_path=model)], warm_buckets=False)
     with pytest.raises(VoiceLoadError, match="not a usable Piper VITS voice"):
         eng.load("cpu")
+
+
+@pytest.fixture(scope="module")
+def tunable() -> PiperEngine:
+    """An engine whose decoder settings the tests change (buckets unwarmed: faster)."""
+    eng = PiperEngine([JOE], warm_buckets=False, min_decoder_snr_db=45.0)
+    eng.load("cpu")
+    return eng
+
+
+def test_compiled_decoder_gives_the_same_samples(tunable, ids) -> None:
+    items = [item(seq, seed=7 + k) for k, seq in enumerate(ids[:4])]
+    eager = tunable.synthesize(items)
+    tunable.reconfigure(SynthesizerUserConfig(decoder_compile="on"))
+    try:
+        assert tunable.status()["decoder_compiled"]
+        compiled = tunable.synthesize(items)
+    finally:
+        tunable.reconfigure(SynthesizerUserConfig(decoder_compile="off"))
+    assert not tunable.status()["decoder_compiled"]
+    for a, b in zip(eager, compiled, strict=True):
+        assert a.shape == b.shape
+        assert np.abs(a - b).max() <= 1e-5
+
+
+def test_half_precision_decoder_is_checked_before_it_serves(tunable, ids) -> None:
+    items = [item(seq, seed=3 + k) for k, seq in enumerate(ids[:3])]
+    reference = tunable.synthesize(items)
+    try:
+        # bfloat16 keeps ~38 dB here: under this engine's 45 dB floor, so it is refused.
+        tunable.reconfigure(SynthesizerUserConfig(decoder_dtype="bfloat16"))
+        status = tunable.status()
+        assert status["decoder_dtype"] == ["float32"]
+        assert "bfloat16" in status["decoder_refused"] and "dB" in status["decoder_refused"]
+        assert all(
+            np.array_equal(a, b) for a, b in zip(reference, tunable.synthesize(items), strict=True)
+        )
+        # float16 keeps ~55 dB: it serves, same lengths, the same voice.
+        tunable.reconfigure(SynthesizerUserConfig(decoder_dtype="float16"))
+        status = tunable.status()
+        assert status["decoder_dtype"] == ["float16"] and status["decoder_refused"] is None
+        half = tunable.synthesize(items)
+    finally:
+        tunable.reconfigure(SynthesizerUserConfig())
+    for a, b in zip(reference, half, strict=True):
+        assert a.shape == b.shape and b.dtype == np.float32
+        assert snr_db(a, b) >= 45
+    assert tunable.status()["decoder_dtype"] == ["float32"]
+
+
+def test_cuda_float32_is_set_to_exact() -> None:
+    precision.exact_float32()
+    assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+    assert torch.backends.cudnn.conv.fp32_precision == "ieee"

@@ -1,0 +1,152 @@
+"""Piper VITS voices as PyTorch modules, with weights and shape read from the voice's ONNX file.
+
+Only `piper.train.vits.models` is imported from piper's training package: the rest pulls in
+training-only dependencies.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from piper.train.vits.models import SynthesizerTrn
+
+from ..voices import VoiceLoadError
+
+# Parts of SynthesizerTrn that inference never runs (posterior encoder, SDP training flows).
+_TRAINING_ONLY = ("enc_q.", "dp.post_", "dp.flows.1.")
+
+
+@dataclass(frozen=True)
+class VitsHyperParams:
+    n_vocab: int
+    inter_channels: int
+    hidden_channels: int
+    filter_channels: int
+    n_heads: int
+    n_layers: int
+    kernel_size: int
+    resblock: str
+    resblock_kernel_sizes: tuple[int, ...]
+    resblock_dilation_sizes: tuple[tuple[int, ...], ...]
+    upsample_rates: tuple[int, ...]
+    upsample_initial_channel: int
+    upsample_kernel_sizes: tuple[int, ...]
+    use_sdp: bool
+
+    @property
+    def hop_length(self) -> int:
+        return math.prod(self.upsample_rates)
+
+
+def read_onnx_voice(model: onnx.ModelProto) -> tuple[VitsHyperParams, dict[str, np.ndarray]]:
+    """Hyper-parameters and a SynthesizerTrn state dict recovered from an exported Piper voice."""
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    consumer: dict[str, onnx.NodeProto] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumer.setdefault(name, node)
+
+    def attr(node_name: str, key: str) -> tuple[int, ...]:
+        node = nodes[node_name]
+        return tuple(next(a.ints for a in node.attribute if a.name == key))
+
+    state: dict[str, np.ndarray] = {}
+    for name, array in inits.items():
+        if name == "sid":  # the phoneme embedding is stored under this name
+            state["enc_p.emb.weight"] = array
+        elif name.startswith("onnx::Conv_"):
+            # Folded weight-norm weights of the flow's WaveNets. NOTE: their numbering follows
+            # execution order, so map each by the Conv node that consumes it, never by sorting.
+            node = consumer[name].name  # e.g. /flow/flows.6/enc/in_layers.0/Conv
+            state[node.strip("/").rsplit("/", 1)[0].replace("/", ".") + ".weight"] = array
+        elif name == "/dp/flows.0/Exp_output_0":  # folded exp(-logs) of the SDP's affine flow
+            state["dp.flows.0.logs"] = -np.log(array)
+        elif not name.startswith(("/", "onnx::")) and not name.isdigit():
+            state[name] = array
+    if any(k.startswith("emb_g.") for k in state):
+        raise VoiceLoadError("multi-speaker voices are not supported yet")
+
+    n_vocab, hidden = state["enc_p.emb.weight"].shape
+    ffn = state["enc_p.encoder.ffn_layers.0.conv_1.weight"]
+    n_ups = sum(1 for k in state if k.startswith("dec.ups.") and k.endswith(".weight"))
+    resblock = "1" if "dec.resblocks.0.convs1.0.weight" in state else "2"
+    n_res = len({k.split(".")[2] for k in state if k.startswith("dec.resblocks.")})
+    n_kernels = n_res // n_ups
+    conv_names = ("convs1",) if resblock == "1" else ("convs",)
+    kernel_sizes, dilations = [], []
+    for j in range(n_kernels):
+        prefix = f"dec.resblocks.{j}.{conv_names[0]}"
+        n_convs = sum(1 for k in state if k.startswith(prefix) and k.endswith(".weight"))
+        kernel_sizes.append(int(state[f"{prefix}.0.weight"].shape[2]))
+        dilations.append(
+            tuple(
+                attr(f"/dec/resblocks.{j}/{conv_names[0]}.{c}/Conv", "dilations")[0]
+                for c in range(n_convs)
+            )
+        )
+    params = VitsHyperParams(
+        n_vocab=int(n_vocab),
+        inter_channels=int(state["enc_p.proj.weight"].shape[0] // 2),
+        hidden_channels=int(hidden),
+        filter_channels=int(ffn.shape[0]),
+        n_heads=int(hidden // state["enc_p.encoder.attn_layers.0.emb_rel_k"].shape[2]),
+        n_layers=sum(1 for k in state if k.endswith(".conv_q.weight")),
+        kernel_size=int(ffn.shape[2]),
+        resblock=resblock,
+        resblock_kernel_sizes=tuple(kernel_sizes),
+        resblock_dilation_sizes=tuple(dilations),
+        upsample_rates=tuple(
+            attr(f"/dec/ups.{i}/ConvTranspose", "strides")[0] for i in range(n_ups)
+        ),
+        upsample_initial_channel=int(state["dec.conv_pre.weight"].shape[0]),
+        upsample_kernel_sizes=tuple(
+            int(state[f"dec.ups.{i}.weight"].shape[2]) for i in range(n_ups)
+        ),
+        use_sdp="dp.flows.0.m" in state,
+    )
+    return params, state
+
+
+def build_vits(params: VitsHyperParams, state: dict[str, np.ndarray]) -> SynthesizerTrn:
+    """An inference-ready SynthesizerTrn (weight norm removed, training-only parts unloaded)."""
+    model = SynthesizerTrn(
+        params.n_vocab,
+        513,
+        32,
+        params.inter_channels,
+        params.hidden_channels,
+        params.filter_channels,
+        params.n_heads,
+        params.n_layers,
+        params.kernel_size,
+        0.0,
+        params.resblock,
+        params.resblock_kernel_sizes,
+        params.resblock_dilation_sizes,
+        params.upsample_rates,
+        params.upsample_initial_channel,
+        params.upsample_kernel_sizes,
+        n_speakers=1,
+        gin_channels=0,
+        use_sdp=params.use_sdp,
+    )
+    # NOTE: the ONNX export folded weight norm into plain weights, so remove it before loading.
+    model.dec.remove_weight_norm()
+    for flow in model.flow.flows:
+        if hasattr(flow, "enc"):
+            flow.enc.remove_weight_norm()
+    tensors = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
+    result = model.load_state_dict(tensors, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(_TRAINING_ONLY)]
+    if missing or result.unexpected_keys:
+        raise VoiceLoadError(
+            f"voice weights do not fit the model: missing {missing[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
+    return model.eval()
