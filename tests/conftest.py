@@ -1,13 +1,13 @@
 """Tests are marked by folder: tests/unit (in-process), tests/integration (real Ray Serve on one
-local Ray instance) and tests/cluster (a fake multi-node cluster: a pytest session of its own,
-since a driver joins one Ray instance)."""
+local Ray instance), tests/cluster (a fake multi-node cluster: a pytest session of its own,
+since a driver joins one Ray instance) and tests/gpu (the engine on CUDA; skipped without)."""
 
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FOLDERS = ("unit", "integration", "cluster")
+FOLDERS = ("unit", "integration", "cluster", "gpu")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,0 +1,93 @@
+"""The engine on a real GPU: exact in any batch, parity with onnxruntime. Skips without CUDA.
+
+Runs in-process (no Ray, no espeak: the ids come from load_tests/phoneme_ids.json), so it
+also runs on a bare GPU host: `python -m pytest tests/gpu`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from load_tests import phonemes
+from serve_app.config import SynthesizerUserConfig
+from serve_app.engines.noise import gaussian
+from serve_app.engines.piper import PiperEngine
+from serve_app.engines.precision import snr_db
+
+pytestmark = [
+    pytest.mark.timeout(600),
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+@pytest.fixture(scope="module")
+def engine() -> PiperEngine:
+    eng = PiperEngine([phonemes.VOICE])
+    eng.load("cuda")
+    eng.reconfigure(SynthesizerUserConfig(decoder_compile="off"))
+    return eng
+
+
+@pytest.fixture(scope="module")
+def items():
+    return phonemes.mix_items(64, seed=3)
+
+
+def test_64_mixed_sentences_get_the_same_audio_as_alone(engine, items) -> None:
+    together = engine.synthesize(items)
+    alone = [engine.synthesize([it])[0] for it in items]
+    reversed_ = engine.synthesize(items[::-1])[::-1]
+    mismatched = [
+        k for k, (a, b) in enumerate(zip(alone, together, strict=True)) if a.shape != b.shape
+    ]
+    assert mismatched == []
+    worst = max(
+        max(np.abs(a - b).max(), np.abs(a - c).max())
+        for a, b, c in zip(alone, together, reversed_, strict=True)
+    )
+    assert worst <= 1e-4
+    assert engine.padding_efficiency >= 0.8
+
+
+def test_parity_with_onnxruntime(engine, items) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    info = engine._voices["joe"].info
+    session = ort.InferenceSession(str(info.model_path), providers=["CPUExecutionProvider"])
+    quiet = [replace(it, noise_scale=0.0, noise_w=0.0) for it in items[:16]]
+    ours = engine.synthesize(quiet)
+    for it, audio in zip(quiet, ours, strict=True):
+        feed = {
+            "input": np.array([it.phoneme_ids], dtype=np.int64),
+            "input_lengths": np.array([len(it.phoneme_ids)], dtype=np.int64),
+            "scales": np.array([0.0, 1.0, 0.0], dtype=np.float32),
+        }
+        reference = session.run(None, feed)[0].squeeze()
+        assert audio.shape == reference.shape
+        assert np.abs(audio - reference).max() <= 1e-3
+
+
+def test_noise_on_the_gpu_is_the_noise_on_the_cpu() -> None:
+    seeds, lengths = [1, 2**40 + 3, 77], [300, 120, 500]
+    cpu = gaussian(seeds, 1, 192, lengths, torch.device("cpu"))
+    gpu = gaussian(seeds, 1, 192, lengths, torch.device("cuda")).cpu()
+    assert (cpu - gpu).abs().max().item() <= 1e-6
+
+
+def test_compiled_and_half_decoders(engine, items) -> None:
+    reference = engine.synthesize(items[:16])
+    try:
+        engine.reconfigure(SynthesizerUserConfig(decoder_compile="on"))
+        compiled = engine.synthesize(items[:16])
+        engine.reconfigure(SynthesizerUserConfig(decoder_compile="on", decoder_dtype="float16"))
+        assert engine.status()["decoder_refused"] is None
+        half = engine.synthesize(items[:16])
+    finally:
+        engine.reconfigure(SynthesizerUserConfig(decoder_compile="off"))
+    for a, b, c in zip(reference, compiled, half, strict=True):
+        assert a.shape == b.shape == c.shape
+        assert np.abs(a - b).max() <= 1e-4
+        assert snr_db(a, c) >= 35
