@@ -9,8 +9,7 @@ import argparse
 import time
 from dataclasses import replace
 
-import numpy as np
-
+from load_tests import onnx_reference
 from load_tests.common import machine, median, save
 from load_tests.texts import SENTENCES
 from serve_app.config import VoiceSource
@@ -60,21 +59,11 @@ def main() -> None:
             rows.append({"engine": f"torch/{policy}", "batch": batch, "audio_s_per_s": speed})
             print(f"torch decode={policy:8s} batch={batch:2d}  {speed:6.1f} audio-s/s", flush=True)
 
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(info.model_path), providers=["CPUExecutionProvider"])
+    session = onnx_reference.session(info.model_path)
 
     def run_ort(batch_items):
         return [
-            session.run(
-                None,
-                {
-                    "input": np.array([it.phoneme_ids], dtype=np.int64),
-                    "input_lengths": np.array([len(it.phoneme_ids)], dtype=np.int64),
-                    "scales": np.array([0.667, 1.0, 0.8], dtype=np.float32),
-                },
-            )[0].squeeze()
-            for it in batch_items
+            onnx_reference.synthesize(session, it.phoneme_ids, noise=True) for it in batch_items
         ]
 
     ort_speed = throughput(run_ort, items, 1, info.sample_rate, args.rounds)

@@ -26,7 +26,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from load_tests import phonemes
+from load_tests import onnx_reference, phonemes
 from load_tests.common import machine, median, save
 from serve_app.config import SynthesizerUserConfig
 from serve_app.engines.piper import PiperEngine
@@ -56,15 +56,6 @@ class TimedDecoder:
         return out
 
 
-def onnx_session(model_path):
-    """The voice's reference runtime, on CPU (None where onnxruntime is not installed)."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return None
-    return ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-
-
 def exactness(engine: PiperEngine, items, session) -> dict:
     together = engine.synthesize(items)
     alone = [engine.synthesize([it])[0] for it in items]
@@ -77,12 +68,7 @@ def exactness(engine: PiperEngine, items, session) -> dict:
         quiet = [replace(it, noise_scale=0.0, noise_w=0.0) for it in items[:16]]
         worst = 0.0
         for it, ours in zip(quiet, engine.synthesize(quiet), strict=True):
-            feed = {
-                "input": np.array([it.phoneme_ids], dtype=np.int64),
-                "input_lengths": np.array([len(it.phoneme_ids)], dtype=np.int64),
-                "scales": np.array([0.0, 1.0, 0.0], dtype=np.float32),
-            }
-            reference = session.run(None, feed)[0].squeeze()
+            reference = onnx_reference.synthesize(session, it.phoneme_ids)
             same = ours.shape == reference.shape
             worst = max(worst, float(np.abs(ours - reference).max()) if same else np.inf)
         out["max_diff_onnxruntime"] = worst
@@ -137,7 +123,7 @@ def main() -> None:
     report = {"machine": machine(), "args": vars(args), "load_s": time.perf_counter() - start}
     if cuda:
         report["gpu"] = torch.cuda.get_device_name()
-    session = onnx_session(engine._voices[phonemes.VOICE.id].info.model_path)
+    session = onnx_reference.session(engine._voices[phonemes.VOICE.id].info.model_path)
     overhead = engine.group_overhead_frames
     report["settings"] = {}
     for name in args.settings.split(","):

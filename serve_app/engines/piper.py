@@ -167,8 +167,7 @@ class PiperEngine(Engine):
         # cut that saves fewer padded frames than this is not worth a group.
         self.group_overhead_frames = group_overhead_frames
         self.min_decoder_snr_db = min_decoder_snr_db
-        self.settings = SynthesizerUserConfig()
-        self.max_batch_frames = self.settings.max_batch_frames or precision.CPU_FRAME_BUDGET
+        self.max_batch_frames = precision.CPU_FRAME_BUDGET  # until reconfigure() measures it
         self._decoder = ("float32", False)  # asked for: dtype, compiled (as loaded: eager)
         self.decoder_refused: str | None = None  # why the decoder asked for was refused
         self.device = torch.device("cpu")
@@ -199,7 +198,6 @@ class PiperEngine(Engine):
 
     def reconfigure(self, settings: SynthesizerUserConfig) -> None:
         """Decoder precision and compilation (checked before use), and the frame budget."""
-        self.settings = settings
         decoder = (settings.decoder_dtype, settings.compiles_decoder(self.device.type))
         if decoder != self._decoder:
             self._tune_decoders(*decoder)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from load_tests import phonemes
+from load_tests import onnx_reference, phonemes
 from serve_app.config import SynthesizerUserConfig
 from serve_app.engines.noise import gaussian
 from serve_app.engines.piper import PiperEngine
@@ -54,18 +54,12 @@ def test_64_mixed_sentences_get_the_same_audio_as_alone(engine, items) -> None:
 
 
 def test_parity_with_onnxruntime(engine, items) -> None:
-    ort = pytest.importorskip("onnxruntime")
-    info = engine._voices["joe"].info
-    session = ort.InferenceSession(str(info.model_path), providers=["CPUExecutionProvider"])
+    pytest.importorskip("onnxruntime")
+    session = onnx_reference.session(engine._voices["joe"].info.model_path)
     quiet = [replace(it, noise_scale=0.0, noise_w=0.0) for it in items[:16]]
     ours = engine.synthesize(quiet)
     for it, audio in zip(quiet, ours, strict=True):
-        feed = {
-            "input": np.array([it.phoneme_ids], dtype=np.int64),
-            "input_lengths": np.array([len(it.phoneme_ids)], dtype=np.int64),
-            "scales": np.array([0.0, 1.0, 0.0], dtype=np.float32),
-        }
-        reference = session.run(None, feed)[0].squeeze()
+        reference = onnx_reference.synthesize(session, it.phoneme_ids)
         assert audio.shape == reference.shape
         assert np.abs(audio - reference).max() <= 1e-3
 

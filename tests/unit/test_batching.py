@@ -34,7 +34,7 @@ def test_standard_mix_in_arrival_order_groups_at_high_padding_efficiency(engine)
     one_batch = sum(frames) / (len(frames) * max(frames))
     plan = plan_groups(frames, engine.max_batch_frames, engine.group_overhead_frames)
     assert plan.efficiency >= 0.8, (plan.efficiency, [len(g) for g in plan.groups])
-    assert one_batch < 0.6  # what a padded batch in arrival order wastes
+    assert one_batch < 0.7  # what a padded batch in arrival order wastes
     assert sorted(i for g in plan.groups for i in g) == list(range(64))
     assert len(plan.groups) <= 8  # not one group per item: each group costs launches
 

@@ -6,10 +6,10 @@ import shutil
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 
+from load_tests import onnx_reference
 from serve_app.config import SynthesizerUserConfig, VoiceSource
 from serve_app.engines import precision
 from serve_app.engines.base import SynthesisItem
@@ -60,17 +60,9 @@ def test_hyper_parameters_come_from_the_onnx_graph(info: VoiceInfo) -> None:
 
 
 def test_matches_onnxruntime_with_noise_off(engine, info, ids) -> None:
-    session = ort.InferenceSession(str(info.model_path), providers=["CPUExecutionProvider"])
+    session = onnx_reference.session(info.model_path)
     for seq in ids[:4]:
-        (reference,) = session.run(
-            None,
-            {
-                "input": np.array([seq], dtype=np.int64),
-                "input_lengths": np.array([len(seq)], dtype=np.int64),
-                "scales": np.array([0.0, 1.0, 0.0], dtype=np.float32),
-            },
-        )
-        reference = reference.squeeze()
+        reference = onnx_reference.synthesize(session, seq)
         (ours,) = engine.synthesize([item(seq, noise=False)])
         assert ours.shape == reference.shape
         assert np.abs(ours - reference).max() <= 1e-3
