@@ -76,7 +76,7 @@ def exactness(engine: PiperEngine, items, session) -> dict:
 
 
 def run_batches(engine: PiperEngine, items, batch: int, rounds: int, sync) -> dict:
-    voice = engine._voices[items[0].voice]
+    voice = engine.voice(items[0].voice)
     rate, hop = voice.info.sample_rate, voice.params.hop_length
     speeds, efficiencies = [], []
     for r in range(rounds + 1):  # round 0 warms this batch size and measures the split
@@ -123,7 +123,7 @@ def main() -> None:
     report = {"machine": machine(), "args": vars(args), "load_s": time.perf_counter() - start}
     if cuda:
         report["gpu"] = torch.cuda.get_device_name()
-    session = onnx_reference.session(engine._voices[phonemes.VOICE.id].info.model_path)
+    session = onnx_reference.session(engine.voice(phonemes.VOICE.id).info.model_path)
     overhead = engine.group_overhead_frames
     report["settings"] = {}
     for name in args.settings.split(","):

@@ -235,6 +235,10 @@ class PiperEngine(Engine):
     def sample_rate(self, voice: str) -> int:
         return self._voices[voice].info.sample_rate
 
+    def voice(self, voice_id: str) -> VitsVoice:
+        """One loaded voice: its two stages, its decoder and its metadata."""
+        return self._voices[voice_id]
+
     def synthesize(self, items: list[SynthesisItem]) -> list[np.ndarray]:
         out: list[np.ndarray | None] = [None] * len(items)
         real = padded = 0  # decoder frames

@@ -55,7 +55,7 @@ def test_64_mixed_sentences_get_the_same_audio_as_alone(engine, items) -> None:
 
 def test_parity_with_onnxruntime(engine, items) -> None:
     pytest.importorskip("onnxruntime")
-    session = onnx_reference.session(engine._voices["joe"].info.model_path)
+    session = onnx_reference.session(engine.voice("joe").info.model_path)
     quiet = [replace(it, noise_scale=0.0, noise_w=0.0) for it in items[:16]]
     ours = engine.synthesize(quiet)
     for it, audio in zip(quiet, ours, strict=True):

@@ -30,7 +30,7 @@ def engine() -> PiperEngine:
 
 def test_standard_mix_in_arrival_order_groups_at_high_padding_efficiency(engine) -> None:
     items = phonemes.mix_items(64)
-    frames = [a.frames for a in engine._voices["joe"].align(items)]
+    frames = [a.frames for a in engine.voice("joe").align(items)]
     one_batch = sum(frames) / (len(frames) * max(frames))
     plan = plan_groups(frames, engine.max_batch_frames, engine.group_overhead_frames)
     assert plan.efficiency >= 0.8, (plan.efficiency, [len(g) for g in plan.groups])
