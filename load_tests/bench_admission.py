@@ -24,9 +24,9 @@ import time
 import httpx
 
 from load_tests.common import machine, median, pct, save
+from load_tests.local import deploy_args, running_chorus
 from load_tests.texts import SENTENCES
 from serve_app.app import build_app
-from serve_app.local import deploy_args, running_chorus
 
 
 def body(i: int) -> dict:

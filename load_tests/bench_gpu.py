@@ -29,7 +29,7 @@ import torch
 from load_tests import onnx_reference, phonemes
 from load_tests.common import machine, median, save
 from serve_app.config import SynthesizerUserConfig
-from serve_app.engines.piper import PiperEngine
+from serve_app.model.engines.piper import PiperEngine
 
 SETTINGS = {
     "exact": SynthesizerUserConfig(decoder_compile="off"),

@@ -26,10 +26,10 @@ import httpx
 from load_tests import servers as srv
 from load_tests.common import machine, save
 from load_tests.compare import closed_loop
+from load_tests.local import deploy_args, free_port, settled
 from load_tests.texts import request_texts
 from serve_app.app import bind_app
 from serve_app.config import parse_app_args
-from serve_app.local import deploy_args, free_port, settled
 
 
 def wait_ready(url: str, replicas: int, timeout_s: float = 300) -> None:

@@ -17,14 +17,14 @@ import time
 import httpx
 
 from load_tests.common import machine, median, pct, save
+from load_tests.local import deploy_args, running_chorus
 from load_tests.texts import SENTENCES
 from serve_app.app import build_app
 from serve_app.config import VoiceSource
-from serve_app.engines.base import SynthesisItem
-from serve_app.engines.piper import PiperEngine
-from serve_app.local import deploy_args, running_chorus
-from serve_app.text import TextFrontend
-from serve_app.voices import VoiceInfo
+from serve_app.model.engines.base import SynthesisItem
+from serve_app.model.engines.piper import PiperEngine
+from serve_app.speech.text import TextFrontend
+from serve_app.speech.voices import VoiceInfo
 
 
 def direct_engine(seconds: float, batch: int) -> float:

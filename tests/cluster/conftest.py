@@ -23,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from serve_app.local import free_port
+from load_tests.local import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVE = str(Path(sys.executable).with_name("serve"))

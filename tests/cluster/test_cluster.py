@@ -8,7 +8,7 @@ import pytest
 import ray
 from ray import serve
 
-from serve_app.local import settled
+from load_tests.local import settled
 from tests.cluster.conftest import (
     FakeCluster,
     Load,

@@ -14,9 +14,9 @@ import torch
 
 from load_tests import onnx_reference, phonemes
 from serve_app.config import SynthesizerUserConfig
-from serve_app.engines.noise import gaussian
-from serve_app.engines.piper import PiperEngine
-from serve_app.engines.precision import snr_db
+from serve_app.model.engines.noise import gaussian
+from serve_app.model.engines.piper import PiperEngine
+from serve_app.model.engines.precision import snr_db
 
 pytestmark = [
     pytest.mark.timeout(600),

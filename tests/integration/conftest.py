@@ -12,9 +12,9 @@ import httpx
 import pytest
 from ray import serve
 
+from load_tests.local import deploy_args, free_port, running_chorus
 from serve_app.app import bind_app, build_app
 from serve_app.config import parse_app_args
-from serve_app.local import deploy_args, free_port, running_chorus
 from tests.fakes import FakeEngine
 
 METRICS_PORT = free_port()

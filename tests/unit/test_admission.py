@@ -7,11 +7,11 @@ import asyncio
 import pytest
 import yaml
 
-from serve_app.admission import Admission
-from serve_app.backlog import Backlog
 from serve_app.config import AppConfig, hash_key
 from serve_app.errors import Forbidden, Overloaded, RateLimited, Unauthorized
-from serve_app.keys import KeyStore, TokenBucket, main
+from serve_app.queue.backlog import Backlog
+from serve_app.queue.door import Admission
+from serve_app.queue.keys import KeyStore, TokenBucket, main
 from tests.unit.test_backlog import Clock, Replica, item
 
 pytestmark = pytest.mark.timeout(30)

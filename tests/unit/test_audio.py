@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serve_app import audio
+from serve_app.speech import audio
 from tests.helpers import decode, pcm16
 
 pytestmark = pytest.mark.timeout(60)

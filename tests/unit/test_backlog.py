@@ -8,8 +8,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from serve_app.backlog import Backlog, RequestWork
-from serve_app.engines.base import SynthesisItem, Synthesized
+from serve_app.model.engines.base import SynthesisItem, Synthesized
+from serve_app.queue.backlog import Backlog, RequestWork
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from load_tests import phonemes
-from serve_app.engines.grouping import plan_groups
-from serve_app.engines.noise import gaussian
-from serve_app.engines.piper import PiperEngine
+from serve_app.model.engines.grouping import plan_groups
+from serve_app.model.engines.noise import gaussian
+from serve_app.model.engines.piper import PiperEngine
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -10,8 +10,8 @@ import yaml
 from pydantic import ValidationError
 from ray.serve.schema import ServeDeploySchema
 
+from load_tests.local import SERVE_CONFIG
 from serve_app.config import OPENAI_VOICES, AppConfig, SynthesizerUserConfig, parse_app_args
-from serve_app.local import SERVE_CONFIG
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -11,13 +11,13 @@ import torch
 
 from load_tests import onnx_reference
 from serve_app.config import SynthesizerUserConfig, VoiceSource
-from serve_app.engines import precision
-from serve_app.engines.base import SynthesisItem
-from serve_app.engines.piper import PiperEngine
-from serve_app.engines.precision import snr_db
-from serve_app.engines.vits import read_onnx_voice
-from serve_app.text import TextFrontend
-from serve_app.voices import VoiceInfo, VoiceLoadError
+from serve_app.model.engines import precision
+from serve_app.model.engines.base import SynthesisItem
+from serve_app.model.engines.piper import PiperEngine
+from serve_app.model.engines.precision import snr_db
+from serve_app.model.engines.vits import read_onnx_voice
+from serve_app.speech.text import TextFrontend
+from serve_app.speech.voices import VoiceInfo, VoiceLoadError
 from tests.helpers import TEXTS
 
 pytestmark = pytest.mark.timeout(180)

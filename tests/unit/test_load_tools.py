@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from load_tests.report import Answer, check_targets, summarize, table, wav_seconds
 from load_tests.texts import MIX, request_texts
-from serve_app.audio import streaming_wav_header
+from serve_app.speech.audio import streaming_wav_header
 
 pytestmark = pytest.mark.timeout(60)
 

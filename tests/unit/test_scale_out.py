@@ -13,10 +13,10 @@ from ray.exceptions import ActorDiedError, NodeDiedError, WorkerCrashedError
 from ray.serve.config import AutoscalingConfig
 
 from serve_app.autoscaling import scale_on_items
-from serve_app.engines.base import Synthesized
 from serve_app.errors import ItemTooLarge, Overloaded, PayloadTooLarge, as_chorus_error
-from serve_app.replicas import ModelReplicas
-from serve_app.synthesizer import is_out_of_memory
+from serve_app.model.engines.base import Synthesized
+from serve_app.model.replicas import ModelReplicas
+from serve_app.model.synthesizer import is_out_of_memory
 from tests.unit.test_backlog import Clock, item
 
 pytestmark = pytest.mark.timeout(30)

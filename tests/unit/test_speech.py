@@ -7,10 +7,10 @@ import asyncio
 import numpy as np
 import pytest
 
-from serve_app.engines.base import Synthesized
-from serve_app.speech import Voicing, item_seed, ordered_audio, paced, spoken
-from serve_app.text import Sentence
-from serve_app.voices import VoiceInfo
+from serve_app.model.engines.base import Synthesized
+from serve_app.speech.ordering import Voicing, item_seed, ordered_audio, paced, spoken
+from serve_app.speech.text import Sentence
+from serve_app.speech.voices import VoiceInfo
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -1,7 +1,7 @@
 """API keys: who is calling, what they may use, and their token buckets.
 
 Keys are kept only as SHA-256 digests; a presented key is hashed and looked up, so neither
-the config nor memory nor any log line holds a key. `python -m serve_app.keys new NAME` makes
+the config nor memory nor any log line holds a key. `python -m serve_app.queue.keys new NAME` makes
 a key and prints the config entry for it.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from .config import LANE_NAMES, ApiKey, AppConfig, Limits, env, hash_key
-from .errors import Unauthorized
+from serve_app.config import LANE_NAMES, ApiKey, AppConfig, Limits, env, hash_key
+from serve_app.errors import Unauthorized
 
 logger = logging.getLogger("ray.serve.chorus.keys")
 
@@ -165,7 +165,7 @@ def bearer(headers: Mapping[str, str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m serve_app.keys", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m serve_app.queue.keys", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     new = sub.add_parser("new", help="make a random key; print it and its config entry")
     new.add_argument("name")

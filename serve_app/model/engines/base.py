@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import SynthesizerUserConfig
+from serve_app.config import SynthesizerUserConfig
 
 
 @dataclass(frozen=True)

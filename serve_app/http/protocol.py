@@ -6,8 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .audio import SUPPORTED
-from .config import Lane
+from serve_app.config import Lane
+from serve_app.speech.audio import SUPPORTED
 
 Speed = Annotated[float, Field(ge=0.25, le=4.0)]
 Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]

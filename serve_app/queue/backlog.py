@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from math import inf
 from typing import Any
 
-from .engines.base import SynthesisItem, Synthesized
-from .scheduler import Fair
+from serve_app.model.engines.base import SynthesisItem, Synthesized
+from serve_app.queue.scheduler import Fair
 
 LANES = {"interactive": 0.9, "batch": 0.1}  # lane -> share of model time under contention
 FOLLOW_ON_S = 2.0  # a request's later sentences are due this long after its first

@@ -14,10 +14,10 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from .audio import StreamEncoder
-from .backlog import QueueState
-from .errors import ChorusError
-from .speech import Spoken
+from serve_app.errors import ChorusError
+from serve_app.queue.backlog import QueueState
+from serve_app.speech.audio import StreamEncoder
+from serve_app.speech.ordering import Spoken
 
 logger = logging.getLogger("ray.serve.chorus.streams")
 

@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import Request
 from pydantic import ValidationError
 
-from .config import LANE_NAMES, AppConfig
-from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, validation_message
-from .schemas import SpeechRequest
+from serve_app.config import LANE_NAMES, AppConfig
+from serve_app.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, validation_message
+from serve_app.http.protocol import SpeechRequest
 
 
 async def read_json_body(request: Request, max_bytes: int) -> Any:

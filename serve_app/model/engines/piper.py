@@ -20,14 +20,14 @@ import onnx
 import torch
 from torch.nn import functional as F
 
-from ..config import SynthesizerUserConfig, VoiceSource
-from ..voices import VoiceInfo, VoiceLoadError
-from . import precision
-from .base import Engine, SynthesisItem
-from .decoder import DTYPES, Decoder2d, DecoderRunner, frame_mask
-from .grouping import plan_groups
-from .noise import gaussian
-from .vits import build_vits, read_onnx_voice
+from serve_app.config import SynthesizerUserConfig, VoiceSource
+from serve_app.model.engines import precision
+from serve_app.model.engines.base import Engine, SynthesisItem
+from serve_app.model.engines.decoder import DTYPES, Decoder2d, DecoderRunner, frame_mask
+from serve_app.model.engines.grouping import plan_groups
+from serve_app.model.engines.noise import gaussian
+from serve_app.model.engines.vits import build_vits, read_onnx_voice
+from serve_app.speech.voices import VoiceInfo, VoiceLoadError
 
 logger = logging.getLogger("ray.serve.chorus.engine")
 

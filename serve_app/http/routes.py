@@ -20,11 +20,8 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from . import audio, playground
-from .admission import Admission
-from .backlog import Backlog, RequestWork, rounded
-from .config import AppConfig, configure_logging
-from .errors import (
+from serve_app.config import AppConfig, configure_logging
+from serve_app.errors import (
     BadRequest,
     ChorusError,
     ErrorResponse,
@@ -34,11 +31,8 @@ from .errors import (
     register_error_handlers,
     retry_after,
 )
-from .keys import Client, KeyStore
-from .metrics import CountRequests, IngressMetrics, reason_for
-from .parsing import parse_speech_request, read_json_body, urgency
-from .replicas import ModelReplicas
-from .schemas import (
+from serve_app.http import playground
+from serve_app.http.protocol import (
     LaneInfo,
     ModelCard,
     ModelList,
@@ -49,10 +43,17 @@ from .schemas import (
     VoiceCard,
     VoiceList,
 )
-from .speech import Spoken, Voicing, ordered_audio, paced, render, spoken
-from .streams import audio_body, sse_body
-from .text import TextError, TextFrontend
-from .voices import VoiceInfo, load_voices
+from serve_app.http.requests import parse_speech_request, read_json_body, urgency
+from serve_app.metrics import CountRequests, IngressMetrics, reason_for
+from serve_app.model.replicas import ModelReplicas
+from serve_app.queue.backlog import Backlog, RequestWork, rounded
+from serve_app.queue.door import Admission
+from serve_app.queue.keys import Client, KeyStore
+from serve_app.speech import audio
+from serve_app.speech.ordering import Spoken, Voicing, ordered_audio, paced, render, spoken
+from serve_app.speech.streams import audio_body, sse_body
+from serve_app.speech.text import TextError, TextFrontend
+from serve_app.speech.voices import VoiceInfo, load_voices
 
 logger = logging.getLogger("ray.serve.chorus.ingress")
 

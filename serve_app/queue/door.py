@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .backlog import Backlog, RequestWork
-from .config import AppConfig
-from .engines.base import SynthesisItem
-from .errors import Forbidden, Overloaded, RateLimited, retry_after
-from .keys import Client
+from serve_app.config import AppConfig
+from serve_app.errors import Forbidden, Overloaded, RateLimited, retry_after
+from serve_app.model.engines.base import SynthesisItem
+from serve_app.queue.backlog import Backlog, RequestWork
+from serve_app.queue.keys import Client
 
 # Busy seconds behind the measured drain rate before it may refuse a request.
 MEASURED_BUSY_S = 2.0

@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .engines.base import SynthesisItem, Synthesized
-from .errors import REPLICA_LOST
+from serve_app.errors import REPLICA_LOST
+from serve_app.model.engines.base import SynthesisItem, Synthesized
 
 
 class ModelReplicas:

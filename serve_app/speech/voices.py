@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import VoiceSource
+from serve_app.config import VoiceSource
 
 
 class VoiceLoadError(RuntimeError):

@@ -13,10 +13,10 @@ import numpy as np
 import ray
 from ray import serve
 
-from .config import SynthesizerUserConfig, VoiceSource, configure_logging
-from .engines.base import Engine, SynthesisItem, Synthesized
-from .errors import ItemTooLarge, SynthesisError
-from .metrics import SynthesizerMetrics
+from serve_app.config import SynthesizerUserConfig, VoiceSource, configure_logging
+from serve_app.errors import ItemTooLarge, SynthesisError
+from serve_app.metrics import SynthesizerMetrics
+from serve_app.model.engines.base import Engine, SynthesisItem, Synthesized
 
 logger = logging.getLogger("ray.serve.chorus.synthesizer")
 
@@ -84,7 +84,7 @@ class Synthesizer:
             1, thread_name_prefix="chorus-engine", initializer=use_threads, initargs=(threads,)
         )
         if engine_cls is None:
-            from .engines.piper import PiperEngine
+            from serve_app.model.engines.piper import PiperEngine
 
             engine_cls = PiperEngine
         sources = [VoiceSource.model_validate(v) for v in voices]

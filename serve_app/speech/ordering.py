@@ -14,10 +14,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from . import audio
-from .engines.base import SynthesisItem, Synthesized
-from .text import Sentence
-from .voices import VoiceInfo
+from serve_app.model.engines.base import SynthesisItem, Synthesized
+from serve_app.speech import audio
+from serve_app.speech.text import Sentence
+from serve_app.speech.voices import VoiceInfo
 
 # submit(item) -> an awaitable with .cancel(), e.g. a Ray Serve DeploymentResponse.
 Submit = Callable[[SynthesisItem], Any]

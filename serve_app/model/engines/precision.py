@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .decoder import frame_mask
+from serve_app.model.engines.decoder import frame_mask
 
 if TYPE_CHECKING:
-    from .base import SynthesisItem
-    from .piper import VitsVoice
+    from serve_app.model.engines.base import SynthesisItem
+    from serve_app.model.engines.piper import VitsVoice
 
 logger = logging.getLogger("ray.serve.chorus.engine")
 
