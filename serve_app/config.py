@@ -11,7 +11,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -39,7 +39,7 @@ VOICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 # Priority lanes, most urgent first. Under contention interactive work goes first; batch work
 # keeps a guaranteed share of model time (batch_lane_share), so it never starves.
 Lane = Literal["interactive", "batch"]
-LANE_NAMES: tuple[str, ...] = ("interactive", "batch")
+LANE_NAMES: tuple[str, ...] = get_args(Lane)
 
 
 class _Warned(BaseModel):
@@ -271,6 +271,12 @@ class AppConfig(_Warned):
         for limits in (self.key_limits, self.open_limits):
             self.check_limits(limits)
         return self
+
+    @property
+    def lane_shares(self) -> dict[str, float]:
+        """Each lane's share of model time under contention, most urgent lane first."""
+        interactive, batch = LANE_NAMES
+        return {interactive: 1 - self.batch_lane_share, batch: self.batch_lane_share}
 
     def check_keys(self, keys: list[ApiKey]) -> None:
         names = [k.name for k in keys]

@@ -1,4 +1,7 @@
-"""Every error leaves Chorus in one shape: {"error": {"message", "type", "param", "code"}}."""
+"""Chorus's errors: plain exceptions that carry what a client is told (status, type, code,
+param, a message safe to show, and when to retry), and why a request failed (`reason`, the
+metrics label). No web framework here: the HTTP layer (`http.responses`) turns them into
+responses, and a model replica raises its own failures without importing FastAPI."""
 
 from __future__ import annotations
 
@@ -6,14 +9,9 @@ import logging
 import math
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
 from ray.exceptions import OutOfMemoryError as WorkerKilledForMemory
 from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger("ray.serve.chorus.errors")
 
@@ -29,23 +27,13 @@ REPLICA_LOST = (
 )
 
 
-class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorDetail
-
-
 class ChorusError(Exception):
     """An error with a status and a message that is safe to show the client."""
 
     status = 500
     type = "server_error"
-    code: str | None = None
+    code: str | None = "internal_error"
+    reason = "internal"  # why the request failed, for metrics
 
     def __init__(
         self,
@@ -53,18 +41,92 @@ class ChorusError(Exception):
         *,
         param: str | None = None,
         code: str | None = None,
+        retry_after_s: float | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code or type(self).code
-        self.headers = headers or {}
+        self.retry_after_s = retry_after_s
+        self._headers = headers or {}
+
+    @property
+    def retry_after(self) -> int | None:
+        """Whole seconds (HTTP allows no fractions), at least 1; None: not worth retrying."""
+        if self.retry_after_s is None and self.status not in (429, 503):
+            return None
+        return retry_after(self.retry_after_s)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        wait = self.retry_after
+        return self._headers if wait is None else {**self._headers, "Retry-After": str(wait)}
 
     def envelope(self) -> dict[str, Any]:
         """The body every error response has (also an SSE stream's `error` event)."""
-        detail = ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
-        return ErrorResponse(error=detail).model_dump()
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+def retry_after(seconds: float | None) -> int:
+    """A Retry-After value: whole seconds, at least 1 and at most an hour."""
+    return 1 if seconds is None else min(3600, max(1, math.ceil(seconds)))
+
+
+class BadRequest(ChorusError):
+    status, type, code, reason = 400, "invalid_request_error", "invalid_request", "bad_input"
+
+
+class Unauthorized(ChorusError):
+    status, type, code, reason = 401, "invalid_request_error", "invalid_api_key", "auth"
+
+
+class Forbidden(ChorusError):
+    status, type, code, reason = 403, "permission_error", "forbidden", "auth"
+
+
+class NotFound(ChorusError):
+    status, type, code, reason = 404, "invalid_request_error", "not_found", "not_found"
+
+
+class MethodNotAllowed(ChorusError):
+    status, type, code, reason = 405, "invalid_request_error", "method_not_allowed", "bad_input"
+
+
+class PayloadTooLarge(ChorusError):
+    status, type, code, reason = 413, "invalid_request_error", "request_too_large", "bad_input"
+
+
+class UnsupportedMediaType(ChorusError):
+    status, type, code = 415, "invalid_request_error", "unsupported_media_type"
+    reason = "bad_input"
+
+
+class RateLimited(ChorusError):
+    status, type, code, reason = 429, "rate_limit_error", "rate_limit_exceeded", "rate_limit"
+
+
+class Overloaded(ChorusError):
+    status, type, code, reason = 503, "overloaded_error", "overloaded", "overload"
+
+
+class ReplicaUnavailable(Overloaded):
+    code = reason = "replica_unavailable"
+
+
+class DeadlineExceeded(ChorusError):
+    status, type, code, reason = 504, "timeout_error", "deadline_exceeded", "deadline"
+
+
+class SynthesisFailed(ChorusError):
+    status, type, code, reason = 500, "server_error", "synthesis_failed", "synthesis_failed"
 
 
 class SynthesisError(RuntimeError):
@@ -76,130 +138,14 @@ class ItemTooLarge(SynthesisError):
     own, so it can never be synthesized there."""
 
 
-def retry_after(seconds: float | None) -> dict[str, str]:
-    """A Retry-After header: whole seconds (HTTP allows no fractions), at least 1."""
-    wait = 1 if seconds is None else min(3600, max(1, math.ceil(seconds)))
-    return {"Retry-After": str(wait)}
-
-
-class BadRequest(ChorusError):
-    status, type, code = 400, "invalid_request_error", "invalid_request"
-
-
-class Unauthorized(ChorusError):
-    status, type, code = 401, "invalid_request_error", "invalid_api_key"
-
-
-class Forbidden(ChorusError):
-    status, type, code = 403, "permission_error", "forbidden"
-
-
-class RateLimited(ChorusError):
-    status, type, code = 429, "rate_limit_error", "rate_limit_exceeded"
-
-
-class NotFound(ChorusError):
-    status, type, code = 404, "invalid_request_error", "not_found"
-
-
-class PayloadTooLarge(ChorusError):
-    status, type, code = 413, "invalid_request_error", "request_too_large"
-
-
-class UnsupportedMediaType(ChorusError):
-    status, type, code = 415, "invalid_request_error", "unsupported_media_type"
-
-
-class Overloaded(ChorusError):
-    status, type, code = 503, "overloaded_error", "overloaded"
-
-
-class DeadlineExceeded(ChorusError):
-    status, type, code = 504, "timeout_error", "deadline_exceeded"
-
-
-class SynthesisFailed(ChorusError):
-    status, type, code = 500, "server_error", "synthesis_failed"
-
-
-def error_response(
-    status: int,
-    message: str,
-    type_: str,
-    *,
-    param: str | None = None,
-    code: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    body = ErrorResponse(error=ErrorDetail(message=message, type=type_, param=param, code=code))
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
-
-
-def from_error(exc: ChorusError) -> JSONResponse:
-    return JSONResponse(exc.envelope(), status_code=exc.status, headers=exc.headers)
-
-
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
-
-
-def register_error_handlers(app: FastAPI) -> None:
-    """All exception handlers, in one place."""
-
-    @app.exception_handler(ChorusError)
-    async def _chorus(request: Request, exc: ChorusError) -> JSONResponse:
-        request.state.error_code = exc.code  # for the request counter's reason
-        return from_error(exc)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        message = exc.detail if isinstance(exc.detail, str) else "request failed"
-        if exc.status_code == 404:
-            message = "no such route; see /docs for the API"
-        return error_response(
-            exc.status_code,
-            message,
-            type_,
-            code=_HTTP_CODES.get(exc.status_code),
-            headers=dict(exc.headers or {}),
-        )
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        message, param = validation_message(first)
-        return error_response(
-            400, message, "invalid_request_error", param=param, code=first.get("type")
-        )
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # NOTE: never leak internals; the request id ties the client's report to the log.
-        logger.exception("Unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal server error", "server_error", code="internal_error")
-
-
-def validation_message(error: dict[str, Any]) -> tuple[str, str | None]:
-    """Message and param for the first pydantic error of a request body."""
-    loc = [str(p) for p in error.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or None
-    if error.get("type") == "extra_forbidden":
-        return f"unknown field {param!r}", param
-    msg = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
-    return (f"{param}: {msg}" if param else msg), param
-
-
-def as_chorus_error(exc: Exception, retry_after_s: float | None = None) -> ChorusError:
+def classify(exc: Exception, retry_after_s: float | None = None) -> ChorusError:
     """What the client is told about a failure while its sentences were being synthesized;
     `retry_after_s` is the server's estimate of when the queue will have room."""
     if isinstance(exc, ChorusError):
         return exc
-    if isinstance(exc, TimeoutError):
-        return DeadlineExceeded(f"speech {exc}")
     if isinstance(exc, BackPressureError):
         return Overloaded(
-            "the model replicas' queues are full; retry shortly",
-            headers=retry_after(retry_after_s),
+            "the model replicas' queues are full; retry shortly", retry_after_s=retry_after_s
         )
     if isinstance(exc, ItemTooLarge):
         return PayloadTooLarge(
@@ -211,10 +157,8 @@ def as_chorus_error(exc: Exception, retry_after_s: float | None = None) -> Choru
     if isinstance(exc, SynthesisError):
         return SynthesisFailed(f"synthesis failed: {exc.args[0] if exc.args else exc}")
     if isinstance(exc, REPLICA_LOST):
-        return Overloaded(
-            "a model replica became unavailable; retry shortly",
-            code="replica_unavailable",
-            headers=retry_after(retry_after_s),
+        return ReplicaUnavailable(
+            "a model replica became unavailable; retry shortly", retry_after_s=retry_after_s
         )
     logger.error("Unexpected failure during synthesis", exc_info=exc)
-    return ChorusError("internal server error", code="internal_error")
+    return ChorusError("internal server error")

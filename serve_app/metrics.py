@@ -7,9 +7,6 @@ Each deployment creates its own set in `__init__`: metrics objects belong in a r
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
 from ray.serve.metrics import Counter, Gauge, Histogram
 
 # Seconds, from a fast first sentence to a long queue or a long text.
@@ -18,30 +15,6 @@ BATCH_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10]
 BATCH_SIZE = [1, 2, 4, 8, 16, 32, 64]
 RATIO = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
 RTF = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2]
-
-# Why a request did not get its audio; "ok" when it did.
-REASONS = {
-    400: "bad_input",
-    401: "auth",
-    403: "auth",
-    499: "client_gone",
-    404: "not_found",
-    405: "bad_input",
-    413: "bad_input",
-    415: "bad_input",
-    429: "rate_limit",
-    503: "overload",
-    504: "deadline",
-}
-
-
-def reason_for(status: int, code: str | None = None) -> str:
-    if status < 400:
-        return "ok"
-    if code in ("synthesis_failed", "replica_unavailable"):
-        return code
-    return REASONS.get(status, "internal")
-
 
 class IngressMetrics:
     """What the front door sees: requests, latency, first audio, audio out, queued items."""
@@ -161,42 +134,3 @@ class SynthesizerMetrics:
         for metric in vars(self).values():
             if metric is not self.gpu_memory:
                 metric.set_default_tags({"device": device})
-
-
-class CountRequests:
-    """Counts every HTTP request by route, status and reason (pure ASGI: streams untouched)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        status, started = 500, False  # 500 if the app fails before it answers
-
-        async def send_and_note(message: dict) -> None:
-            nonlocal status, started
-            if message["type"] == "http.response.start":
-                status, started = message["status"], True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_note)
-        except asyncio.CancelledError:
-            if not started:
-                status = 499  # the client went away before any answer (nginx's code)
-            raise
-        finally:
-            metrics = getattr(scope["app"].state, "metrics", None)
-            if metrics is not None:
-                route = getattr(scope.get("route"), "path", "unmatched")
-                code = scope.get("state", {}).get("error_code")
-                metrics.requests.inc(
-                    1,
-                    tags={
-                        "route": route,
-                        "status": str(status),
-                        "reason": reason_for(status, code),
-                    },
-                )
-        return None

@@ -1,14 +1,20 @@
-"""A ten-line engine for testing the serving layer (the main job never uses it)."""
+"""Test doubles for the serving layer (the main job never uses them): a ten-line engine, a
+fault wrapper around it, and a model replica whose answers the test releases by hand."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 
 from serve_app.model.engines.base import Engine, SynthesisItem
+from serve_app.model.profile import PROBE_IDS
+from serve_app.queue.backlog import Backlog
+from serve_app.queue.meter import Meter
 
 POISON = 108  # phoneme id of "ʒ" in the packaged voice, as in "treasure"
 
@@ -43,8 +49,9 @@ class FaultyEngine(Engine):
 
     - Out of memory: a batch of more than `fits_items` items, or any item longer than
       `fits_phonemes`, raises torch's OutOfMemoryError, as CUDA does when a batch is too big.
-    - Wedged: with `hang_once` (a file path), the first batch in any process that finds no
-      such file creates it and then never returns, like a stuck GPU kernel.
+    - Wedged: with `hang_once` (a file path), the first batch of request items (not the
+      replica's speed probe) in any process that finds no such file creates it and then
+      never returns, like a stuck GPU kernel.
     """
 
     def __init__(
@@ -70,7 +77,8 @@ class FaultyEngine(Engine):
         return self.inner.sample_rate(voice)
 
     def synthesize(self, items: list[SynthesisItem]) -> list[np.ndarray]:
-        if self.hang_once and not os.path.exists(self.hang_once):
+        probe = all(it.phoneme_ids == PROBE_IDS for it in items)
+        if self.hang_once and not probe and not os.path.exists(self.hang_once):
             open(self.hang_once, "w").close()
             threading.Event().wait()
         too_many = self.fits_items is not None and len(items) > self.fits_items
@@ -81,3 +89,79 @@ class FaultyEngine(Engine):
 
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return self.inner.synthesize(items)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def item(phonemes: int, seed: int = 0) -> SynthesisItem:
+    return SynthesisItem("v", (1,) * phonemes, 1.0, 0.667, 0.8, seed)
+
+
+class Response:
+    """Like Ray's DeploymentResponse: cancelling its awaiter does not cancel the call."""
+
+    def __init__(self, future: asyncio.Future) -> None:
+        self.future = future
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __await__(self):
+        return asyncio.shield(self.future).__await__()
+
+
+class Replica:
+    """Items finish when the test says so; `sent` is what reached the replica, in order."""
+
+    def __init__(self) -> None:
+        self.futures: list[asyncio.Future] = []
+        self.responses: list[Response] = []
+        self.sent: list[int] = []
+
+    def send(self, it: SynthesisItem) -> Response:
+        self.sent.append(it.seed)
+        self.futures.append(asyncio.get_running_loop().create_future())
+        self.responses.append(Response(self.futures[-1]))
+        return self.responses[-1]
+
+    async def finish_next(self, backlog: Backlog, clock: Clock, seconds: float = 1.0) -> None:
+        """The oldest unfinished call finishes after `seconds`."""
+        await settle()
+        clock.now += seconds
+        next(f for f in self.futures if not f.done()).set_result("audio")
+        await settle()
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+LANES = {"interactive": 0.9, "batch": 0.1}
+
+
+def make_backlog(
+    replica: Replica, clock: Clock, capacity: int = 8, lanes=None, on_change=None
+) -> Backlog:
+    """A backlog sending to `replica`, its meter on `clock` (no replica profile)."""
+    meter = Meter(capacity, clock=clock)
+    return Backlog(replica.send, meter, lanes or LANES, capacity, on_change=on_change)
+
+
+class Handle:
+    """A fake Synthesizer handle: `synthesize.remote(item)` is `submit(item)`, and
+    `profile.remote()` answers `profile`."""
+
+    def __init__(self, submit, profile=None) -> None:
+        async def answer():
+            return profile
+
+        self.synthesize = SimpleNamespace(remote=submit)
+        self.profile = SimpleNamespace(remote=answer)

@@ -1,15 +1,28 @@
-"""Reading a speech request: the JSON body under a size cap, its validation, and its
-urgency (priority lane and deadline, from the body or headers). Every failure is a clear 4xx."""
+"""Reading a speech request off the wire: the JSON body under a size cap, its validation, and
+its urgency (priority lane and deadline, from the body or headers), as one `SpeechCall`.
+Every failure is a clear 4xx."""
 
 import json
+import time
 from typing import Any
 
 from fastapi import Request
 from pydantic import ValidationError
 
 from serve_app.config import LANE_NAMES, AppConfig
-from serve_app.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, validation_message
-from serve_app.http.protocol import SpeechRequest
+from serve_app.deadline import Deadline
+from serve_app.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from serve_app.http.responses import validation_message
+from serve_app.protocol import SpeechRequest
+from serve_app.speech.context import SpeechCall
+
+
+async def read_speech_call(request: Request, config: AppConfig) -> SpeechCall:
+    """The speech request in `request`; its deadline starts now."""
+    arrived = time.monotonic()
+    body = parse_speech_request(await read_json_body(request, config.max_body_bytes))
+    asked, seconds = urgency(body, request.headers, config)
+    return SpeechCall(body, asked, Deadline(seconds, start=arrived))
 
 
 async def read_json_body(request: Request, max_bytes: int) -> Any:

@@ -1,16 +1,14 @@
-"""HTTP routes and the `@serve.ingress` deployment. No model code lives here."""
+"""The HTTP surface: FastAPI routes of the ingress deployment, each a few lines that read the
+request, call the object that serves it, and send what it returns. No model code, no queue
+rules (`speech.pipeline`, `queue.door`), no error shapes (`http.responses`).
+
+The deployment's options are set by `serve_app.app` from config, not here."""
 
 # NOTE: no `from __future__ import annotations` here: FastAPI must see real types through
 # Ray Serve's class-based view wrapper.
 
 import asyncio
-import base64
-import contextlib
-import logging
-import time
-import weakref
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Response
@@ -21,41 +19,30 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AppConfig, configure_logging
-from serve_app.errors import (
-    BadRequest,
-    ChorusError,
-    ErrorResponse,
-    NotFound,
-    Overloaded,
-    as_chorus_error,
-    register_error_handlers,
-    retry_after,
-)
+from serve_app.errors import NotFound, Overloaded
 from serve_app.http import playground
-from serve_app.http.protocol import (
+from serve_app.http.requests import read_speech_call
+from serve_app.http.responses import CountRequests, register_error_handlers
+from serve_app.metrics import IngressMetrics
+from serve_app.model.replicas import ModelReplicas
+from serve_app.protocol import (
+    ErrorResponse,
     LaneInfo,
     ModelCard,
     ModelList,
     QueueInfo,
-    SentenceTiming,
     SpeechRequest,
     SpeechWithTimings,
     VoiceCard,
     VoiceList,
 )
-from serve_app.http.requests import parse_speech_request, read_json_body, urgency
-from serve_app.metrics import CountRequests, IngressMetrics, reason_for
-from serve_app.model.replicas import ModelReplicas
-from serve_app.queue.backlog import Backlog, RequestWork, rounded
-from serve_app.queue.door import Admission
+from serve_app.queue.backlog import Backlog
+from serve_app.queue.door import Door
 from serve_app.queue.keys import Client, KeyStore
+from serve_app.queue.meter import Meter, rounded
 from serve_app.speech import audio
-from serve_app.speech.ordering import Spoken, Voicing, ordered_audio, paced, render, spoken
-from serve_app.speech.streams import audio_body, sse_body
-from serve_app.speech.text import TextError, TextFrontend
-from serve_app.speech.voices import VoiceInfo, load_voices
-
-logger = logging.getLogger("ray.serve.chorus.ingress")
+from serve_app.speech.context import Catalogue
+from serve_app.speech.pipeline import Answer, SpeechService
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
@@ -78,8 +65,6 @@ app = FastAPI(
     summary="OpenAI-compatible text-to-speech for many users at once, on Ray Serve.",
 )
 register_error_handlers(app)
-
-
 app.add_middleware(CountRequests)
 
 
@@ -91,79 +76,60 @@ async def authenticated(request: Request) -> Client:
 AUTH = [Depends(authenticated)]
 
 
-def _unspeakable() -> BadRequest:
-    return BadRequest("input has no speakable text", param="input", code="unspeakable_input")
+def send(answer: Answer) -> Response:
+    """The HTTP response for what the speech service answered."""
+    if isinstance(answer.body, bytes):
+        return Response(answer.body, media_type=answer.media_type, headers=answer.headers)
+    if isinstance(answer.body, dict):
+        return JSONResponse(answer.body, headers=answer.headers)
+    return StreamingResponse(answer.body, media_type=answer.media_type, headers=answer.headers)
 
 
-@serve.deployment(
-    max_ongoing_requests=1024,
-    ray_actor_options={"num_cpus": 0.25},
-    health_check_period_s=10,
-)
 @serve.ingress(app)
 class Ingress:
-    """Validates, splits text into sentence items, gathers ordered audio, encodes it."""
+    """Builds the ingress's parts once; its routes call them."""
 
     def __init__(self, synthesizer: DeploymentHandle, config: dict[str, Any]) -> None:
         configure_logging()
         self.synthesizer = synthesizer
-        self.config = AppConfig.model_validate(config)
-        self.voices: dict[str, VoiceInfo] = load_voices(self.config.voices)
-        self.aliases: dict[str, str] = dict(self.config.voice_aliases or {})
-        self.frontends = {
-            vid: TextFrontend(info, self.config.max_item_chars) for vid, info in self.voices.items()
-        }
+        self.config = config = AppConfig.model_validate(config)
+        self.catalogue = Catalogue(config)
         self.metrics = IngressMetrics()
-        app.state.metrics = self.metrics
-        app.state.keys = KeyStore(self.config)
-        share = self.config.batch_lane_share
-        self.backlog = Backlog(
-            capacity=self.config.items_in_flight,
-            lanes={"interactive": 1 - share, "batch": share},
-            on_change=self._backlog_changed,
-        )
-        self.admission = Admission(self.config, self.backlog)
-        self.metrics.model_replicas.set(1)
+        self.meter = Meter(config.items_in_flight, self.catalogue.phonemes_per_char())
         self.replicas = ModelReplicas(
-            synthesizer.synthesize.remote,
-            retries=self.config.replica_retries,
+            synthesizer,
+            retries=config.replica_retries,
             on_retry=self.metrics.items_retried.inc,
             on_count=self._replicas_changed,
+            on_profile=self.meter.learn_profile,
         )
+        self.backlog = Backlog(
+            self.replicas.send,
+            self.meter,
+            config.lane_shares,
+            capacity=config.items_in_flight,
+            on_change=self._backlog_changed,
+        )
+        self.door = Door(config, self.backlog)
+        self.speech = SpeechService(config, self.catalogue, self.door, self.replicas, self.metrics)
+        self.metrics.model_replicas.set(1)
+        app.state.metrics = self.metrics
+        app.state.keys = KeyStore(config)
 
     def _replicas_changed(self, replicas: int) -> None:
         self.metrics.model_replicas.set(replicas)
+        self.meter.set_replicas(replicas)
         self.backlog.set_capacity(self.config.items_in_flight * replicas)
-
-    async def record_autoscaling_stats(self) -> dict[str, float]:
-        """What Chorus's autoscaling policy reads (`serve_app.autoscaling`): sentence items
-        waiting here or running at the model replicas, and requests in progress."""
-        return {"items": self.backlog.state().items, "requests": self.backlog.requests}
 
     def _backlog_changed(self, items: int, cancelled: bool) -> None:
         self.metrics.items_in_flight.set(items)
         if cancelled:
             self.metrics.items_cancelled.inc()
 
-    def _error(self, exc: Exception) -> ChorusError:
-        return as_chorus_error(exc, self.admission.retry_after_s())
-
-    def _stream_error(self, exc: Exception) -> ChorusError:
-        """A failure after a stream's 200 went out: counted, then told in-band."""
-        error = self._error(exc)
-        self.metrics.stream_failures.inc(tags={"reason": reason_for(error.status, error.code)})
-        return error
-
-    def _voice(self, name: str) -> VoiceInfo:
-        voice_id = name if name in self.voices else self.aliases.get(name)
-        if voice_id is None:
-            known = sorted([*self.voices, *self.aliases])
-            raise BadRequest(
-                f"unknown voice {name[:64]!r}; available: {', '.join(known)}",
-                param="voice",
-                code="unknown_voice",
-            )
-        return self.voices[voice_id]
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """What Chorus's autoscaling policy reads (`serve_app.autoscaling`): sentence items
+        waiting here or running at the model replicas, and requests in progress."""
+        return {"items": self.backlog.state().items, "requests": self.backlog.requests}
 
     @app.post(
         "/v1/audio/speech",
@@ -191,189 +157,35 @@ class Ingress:
         self, request: Request, client: Annotated[Client, Depends(authenticated)]
     ) -> Response:
         """Generate audio from text (OpenAI-compatible); whole, streamed, or as events."""
-        arrived = time.monotonic()
-        req = parse_speech_request(await read_json_body(request, self.config.max_body_bytes))
-        voice, fmt, rate, sentences = self._plan(req)
-        asked, deadline_s = urgency(req, request.headers, self.config)
-        lane = self.admission.lane(client, asked)
-        voicing = Voicing.create(voice, req.speed, req.seed)
-        work = self.admission.admit(client, lane, len(req.input), deadline_s, self.replicas.send)
-        tick = self.config.heartbeat_s if req.stream_format == "sse" else None
-        events = self._speech(work, req, voice, sentences, voicing, tick, arrived, deadline_s)
-        # NOTE: a stream whose body never starts (client gone first) never runs `_speech`'s
-        # finally; dropping the generator then releases the request's admission.
-        weakref.finalize(events, work.close)
-        headers = {
-            "X-Chorus-Voice": voice.id,
-            "X-Chorus-Sample-Rate": str(rate),
-            "X-Chorus-Lane": lane,
-        }
-        if req.stream_format is None:
-            return await self._whole(events, req, voice.sample_rate, fmt, rate, headers)
-        encoder = audio.StreamEncoder(fmt, voice.sample_rate, rate)
-        if req.stream_format == "sse":
-            return StreamingResponse(
-                sse_body(events, encoder, work.ahead, self._stream_error),
-                media_type="text/event-stream",
-                headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        # NOTE: the status line waits for the first sentence, so an early failure (overload,
-        # timeout, bad sentence) is still a proper error response.
-        try:
-            first = await anext(events)
-        except StopAsyncIteration:
-            raise _unspeakable() from None
-        except Exception as exc:
-            raise self._error(exc) from None
-        assert first is not None  # ticks come only with an SSE heartbeat
-        # NOTE: model time is known only at the end: chunked streams carry the queue time.
-        headers["X-Chorus-Queue-Seconds"] = f"{first.queue_s:.3f}"
-        return StreamingResponse(
-            audio_body(first, events, encoder, self._stream_error),
-            media_type=fmt.media_type,
-            headers=headers,
-        )
-
-    def _plan(self, req: SpeechRequest) -> tuple[VoiceInfo, audio.AudioFormat, int, list[str]]:
-        """Everything about a request that can be refused before any work starts."""
-        if req.model not in self.config.models:
-            raise BadRequest(
-                f"unknown model {req.model[:64]!r}; available: {', '.join(self.config.models)}",
-                param="model",
-                code="model_not_found",
-            )
-        if len(req.input) > self.config.max_input_chars:
-            raise BadRequest(
-                f"input is {len(req.input)} characters; the limit is {self.config.max_input_chars}",
-                param="input",
-                code="string_above_max_length",
-            )
-        voice = self._voice(req.voice)
-        fmt = audio.FORMATS[req.response_format]
-        try:
-            rate = audio.output_rate(fmt, voice.sample_rate, req.sample_rate)
-        except ValueError as exc:
-            raise BadRequest(str(exc), param="sample_rate") from None
-        try:
-            sentences = self.frontends[voice.id].prepare(req.input)
-        except TextError as exc:
-            raise BadRequest(str(exc), param="input", code="unspeakable_input") from None
-        return voice, fmt, rate, sentences
-
-    async def _speech(
-        self,
-        work: RequestWork,
-        req: SpeechRequest,
-        voice: VoiceInfo,
-        sentences: list[str],
-        voicing: Voicing,
-        tick_s: float | None,
-        arrived: float,
-        deadline_s: float,
-    ) -> AsyncIterator[Spoken | None]:
-        """The request's sentences as they are ready (None: a heartbeat is due). Closing this
-        cancels whatever the request still has queued and ends its admission. Records the
-        request's metrics and its one log line."""
-        tags = {"voice": voice.id, "stream": req.stream_format or "none", "lane": work.lane}
-        outcome, audio_s, queue_s, model_s = "cancelled", 0.0, None, 0.0
-        try:
-            audio_in_order = ordered_audio(
-                self.frontends[voice.id].sentences(sentences),
-                voicing,
-                work,
-                self.config.lookahead_items,
-                self.config.lookahead_start_items,
-            )
-            parts = spoken(audio_in_order, voice.sample_rate, self.config.sentence_pause_s)
-            left_s = deadline_s - (time.monotonic() - arrived)
-            events = paced(parts, tick_s, left_s, deadline_s)
-            async with contextlib.aclosing(events):
-                async for part in events:
-                    if part is not None:
-                        if queue_s is None:
-                            queue_s = part.queue_s
-                            self.metrics.first_audio.observe(time.monotonic() - arrived, tags=tags)
-                        audio_s, model_s = part.end_s, model_s + part.model_s
-                    yield part
-            outcome = "ok"
-            self.metrics.latency.observe(time.monotonic() - arrived, tags=tags)
-            self.metrics.audio_seconds.inc(audio_s, tags={"voice": voice.id})
-            self.metrics.characters.inc(len(req.input), tags={"voice": voice.id})
-        except Exception as exc:
-            outcome = f"failed ({type(exc).__name__})"  # the caller maps and reports it
-            raise
-        finally:
-            work.close(completed=outcome == "ok")
-            logger.info(
-                "speech %s",
-                outcome,
-                extra={
-                    "client": work.client,
-                    "lane": work.lane,
-                    "voice": voice.id,
-                    "characters": len(req.input),
-                    "stream": tags["stream"],
-                    "audio_seconds": round(audio_s, 3),
-                    "queue_ms": None if queue_s is None else round(queue_s * 1000),
-                    "model_ms": round(model_s * 1000),
-                    "total_ms": round((time.monotonic() - arrived) * 1000),
-                    "outcome": outcome,
-                },
-            )
-
-    async def _whole(
-        self,
-        events: AsyncIterator[Spoken | None],
-        req: SpeechRequest,
-        voice_rate: int,
-        fmt: audio.AudioFormat,
-        rate: int,
-        headers: dict[str, str],
-    ) -> Response:
-        try:
-            parts = [part async for part in events if part is not None]
-        except Exception as exc:
-            raise self._error(exc) from None
-        if not parts:
-            raise _unspeakable()
-        # NOTE: joining, resampling and encoding minutes of audio must not stall the event loop.
-        body, seconds = await asyncio.to_thread(
-            render, [p.audio for p in parts], voice_rate, fmt, rate
-        )
-        if req.timings:
-            answer = SpeechWithTimings(
-                audio=base64.b64encode(body).decode(),
-                media_type=fmt.media_type,
-                sample_rate=rate,
-                audio_seconds=round(seconds, 3),
-                sentences=[SentenceTiming(**p.timing()) for p in parts],
-            )
-            return JSONResponse(answer.model_dump(), headers=headers)
-        headers |= {
-            "X-Chorus-Sentences": str(len(parts)),
-            "X-Chorus-Audio-Seconds": f"{seconds:.3f}",
-            "X-Chorus-Queue-Seconds": f"{parts[0].queue_s:.3f}",
-            "X-Chorus-Model-Seconds": f"{sum(p.model_s for p in parts):.3f}",
-        }
-        return Response(body, media_type=fmt.media_type, headers=headers)
+        call = await read_speech_call(request, self.config)
+        return send(await self.speech.respond(call, client))
 
     @app.get("/v1/queue", response_model=QueueInfo, dependencies=AUTH)
     async def queue(self) -> QueueInfo:
         """This ingress replica's outstanding work, and the wait a new request would see,
         overall and per priority lane."""
-        backlog = self.backlog
+        backlog, meter = self.backlog, self.meter
         state = backlog.state()
-        rate = state.phonemes_per_s
-        lanes = {lane: LaneInfo(**backlog.lane_view(lane)) for lane in backlog.lanes}
+        rate = meter.rate()
         return QueueInfo(
             requests=backlog.requests,
             items=state.items,
             phonemes=state.phonemes,
             phonemes_per_s=None if rate is None else round(rate, 1),
-            estimated_wait_s=rounded(state.wait_s()),
+            estimated_wait_s=rounded(meter.seconds(state.phonemes)),
             items_in_flight=backlog.in_flight,
             model_replicas=self.replicas.count(),
-            lanes=lanes,
+            lanes={lane: self._lane(lane) for lane in backlog.lanes},
+        )
+
+    def _lane(self, lane: str) -> LaneInfo:
+        """A lane as a new request in it would see the queue."""
+        backlog, meter = self.backlog, self.meter
+        return LaneInfo(
+            requests=backlog.lane_requests(lane),
+            items_waiting=backlog.waiting(lane),
+            estimated_wait_s=rounded(meter.seconds(backlog.state(lane).phonemes)),
+            backlog_s=rounded(meter.seconds(backlog.remaining(backlog.lanes_through(lane)))),
         )
 
     async def live_tasks(self) -> dict[str, int]:
@@ -401,6 +213,7 @@ class Ingress:
 
     @app.get("/v1/audio/voices", response_model=VoiceList, dependencies=AUTH)
     async def list_voices(self) -> VoiceList:
+        aliases = self.catalogue.aliases
         return VoiceList(
             data=[
                 VoiceCard(
@@ -408,9 +221,9 @@ class Ingress:
                     name=v.id,
                     language=v.language,
                     sample_rate=v.sample_rate,
-                    aliases=sorted(a for a, target in self.aliases.items() if target == v.id),
+                    aliases=sorted(a for a, target in aliases.items() if target == v.id),
                 )
-                for v in self.voices.values()
+                for v in self.catalogue.voices.values()
             ]
         )
 
@@ -434,6 +247,6 @@ class Ingress:
                 info = await self.synthesizer.ready.remote()
         except (TimeoutError, BackPressureError, RayActorError):
             raise Overloaded(
-                "no model replica answered in time", code="not_ready", headers=retry_after(5)
+                "no model replica answered in time", code="not_ready", retry_after_s=5
             ) from None
         return {"status": "ready", **info}

@@ -1,38 +1,67 @@
 """The ingress's view of the model replicas: sends sentence items, sends an item again when its
-replica died, and counts the replicas that answer lately (items in flight follow that count)."""
+replica died, counts the replicas that answer lately, and passes on each replica's speed
+profile (asked for once before the first request, then carried by every answer)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from serve_app.errors import REPLICA_LOST
 from serve_app.model.engines.base import SynthesisItem, Synthesized
+from serve_app.model.profile import SpeedProfile
+
+logger = logging.getLogger("ray.serve.chorus.replicas")
+
+PROFILE_TIMEOUT_S = 10.0
 
 
 class ModelReplicas:
-    """Sends items through `submit` (a handle method's `.remote`), `retries` more times when
-    the replica is lost; remembers which replicas answered in the last `window_s`."""
+    """Items go through `handle` (the Synthesizer's deployment handle), `retries` more times
+    when the replica is lost; remembers which replicas answered in the last `window_s`."""
 
     def __init__(
         self,
-        submit: Callable[[SynthesisItem], Any],
+        handle: Any,
         retries: int = 3,
         window_s: float = 30.0,
         on_retry: Callable[[], None] | None = None,
         on_count: Callable[[int], None] | None = None,
+        on_profile: Callable[[SpeedProfile], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._submit = submit
+        self._handle = handle
         self.retries = retries
         self.window_s = window_s
         self._on_retry = on_retry
         self._on_count = on_count
+        self._on_profile = on_profile
         self._counted = 1
         self._clock = clock
         self._seen: dict[str, float] = {}  # replica id -> when it last answered
+        self._asked: asyncio.Task[None] | None = None
+
+    async def profiled(self) -> None:
+        """A replica's speed profile has been passed on (asked for once, shared by every
+        request that arrives meanwhile); a failure is logged and asked again next time."""
+        if self._asked is None or (self._asked.done() and self._asked.exception()):
+            self._asked = asyncio.create_task(self._ask_profile(), name="chorus-profile")
+        with contextlib.suppress(Exception):  # NOTE: then the door decides on measured drain
+            await asyncio.shield(self._asked)
+
+    async def _ask_profile(self) -> None:
+        try:
+            async with asyncio.timeout(PROFILE_TIMEOUT_S):
+                profile = await self._handle.profile.remote()
+        except Exception as exc:
+            logger.warning("No speed profile from a model replica yet: %r", exc)
+            raise
+        if profile is not None and self._on_profile:
+            self._on_profile(profile)
 
     async def send(self, item: SynthesisItem) -> Any:
         """The item's answer from some replica; a replica's loss is retried, with a short
@@ -47,7 +76,7 @@ class ModelReplicas:
         return await self._answer(item)
 
     async def _answer(self, item: SynthesisItem) -> Any:
-        response = self._submit(item)
+        response = self._handle.synthesize.remote(item)
         try:
             result = await response
         except asyncio.CancelledError:
@@ -56,12 +85,12 @@ class ModelReplicas:
         if isinstance(result, Synthesized) and result.replica:
             self._seen[result.replica] = self._clock()
             self._recount()
+            if result.profile is not None and self._on_profile:
+                self._on_profile(result.profile)
         return result
 
     def _recount(self) -> None:
-        cutoff = self._clock() - self.window_s
-        self._seen = {r: t for r, t in self._seen.items() if t >= cutoff}
-        count = max(1, len(self._seen))
+        count = self.count()
         if count != self._counted:
             self._counted = count
             if self._on_count:
@@ -70,4 +99,5 @@ class ModelReplicas:
     def count(self) -> int:
         """Replicas that answered within the window (at least 1: there is always one)."""
         cutoff = self._clock() - self.window_s
-        return max(1, sum(1 for t in self._seen.values() if t >= cutoff))
+        self._seen = {r: t for r, t in self._seen.items() if t >= cutoff}
+        return max(1, len(self._seen))

@@ -1,4 +1,6 @@
-"""The model replica: batches sentence items from all requests through one engine."""
+"""The model replica: batches sentence items from all requests through one engine, and
+measures its own speed when it starts or is reconfigured (`model.profile`). Its deployment
+options are set by `serve_app.app` from config."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from serve_app.config import SynthesizerUserConfig, VoiceSource, configure_loggi
 from serve_app.errors import ItemTooLarge, SynthesisError
 from serve_app.metrics import SynthesizerMetrics
 from serve_app.model.engines.base import Engine, SynthesisItem, Synthesized
+from serve_app.model.profile import SpeedProfile, measure
 
 logger = logging.getLogger("ray.serve.chorus.synthesizer")
 
@@ -51,14 +54,6 @@ def pick_device() -> str:
     return "cuda" if ray.get_gpu_ids() else "cpu"
 
 
-@serve.deployment(
-    max_ongoing_requests=32,
-    max_queued_requests=1024,
-    ray_actor_options={"num_cpus": 1},
-    health_check_period_s=10,
-    health_check_timeout_s=60,
-    graceful_shutdown_timeout_s=30,
-)
 class Synthesizer:
     """Runs `engine.synthesize` over batches of sentence items (`@serve.batch`)."""
 
@@ -97,6 +92,7 @@ class Synthesizer:
         self._running_since: float | None = None  # when the batch now running started
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.metrics = SynthesizerMetrics(self.device)
+        self.speed: SpeedProfile | None = None  # measured by reconfigure()
         self._apply_batching(SynthesizerUserConfig())  # until reconfigure() runs
         logger.info("Synthesizer ready on %s with voices %s", self.device, self.engine.voices)
 
@@ -112,6 +108,33 @@ class Synthesizer:
         # NOTE: on the engine's thread, so never beside a running batch.
         await loop.run_in_executor(self._executor, self.engine.reconfigure, settings)
         self._apply_batching(settings)
+        await self._measure_speed()
+
+    async def _measure_speed(self) -> None:
+        """Time probe batches at one item and at the batch size (the ingress's door counts on
+        this until it has measured drain of its own). A probe that fails or stalls leaves no
+        profile: the door then waits for measured drain, as on a server without one."""
+        loop = asyncio.get_running_loop()
+        probe = loop.run_in_executor(self._executor, self._probe, self.max_batch_size)
+        try:
+            self.speed = await asyncio.wait_for(probe, self.settings.stall_timeout_s)
+        except Exception as exc:
+            self.speed = None
+            logger.warning("Speed not measured (%r); the ingress measures drain instead", exc)
+            return
+        logger.info(
+            "Speed: %.0f phonemes/s alone, %.0f at batch %d",
+            self.speed.phonemes_per_s(1),
+            self.speed.phonemes_per_s(self.speed.max_batch),
+            self.speed.max_batch,
+        )
+
+    def _probe(self, max_batch: int) -> SpeedProfile:
+        self._running_since = time.monotonic()  # NOTE: a wedged probe fails the health check
+        try:
+            return measure(self.replica, self.engine.voices[0], max_batch, self.engine.synthesize)
+        finally:
+            self._running_since = None
 
     def _apply_batching(self, settings: SynthesizerUserConfig) -> None:
         self.settings = settings
@@ -147,7 +170,9 @@ class Synthesizer:
             self.metrics.queue_wait.observe(wait)
         share = seconds / len(items)
         return [
-            Synthesized(r, wait, share, self.replica) if isinstance(r, np.ndarray) else r
+            Synthesized(r, wait, share, self.replica, self.speed)
+            if isinstance(r, np.ndarray)
+            else r
             for r, wait in zip(results, waits, strict=True)
         ]
 
@@ -223,6 +248,10 @@ class Synthesizer:
             return None
         smallest = min(failed)
         return max([n for n in self._sizes["ok"] if n < smallest], default=1)
+
+    async def profile(self) -> SpeedProfile | None:
+        """This replica's speed, measured at start and after each reconfigure."""
+        return self.speed
 
     async def ready(self) -> dict[str, Any]:
         return {"device": self.device, "voices": self.engine.voices}

@@ -1,5 +1,5 @@
-"""The ingress's side of the queue: sentence items waiting for the model, items in flight, the
-rate at which work drains, and where each request stands.
+"""The ingress's side of the queue: sentence items waiting for the model, items in flight, and
+where each request stands (counted in phoneme ids; `meter` turns them into seconds).
 
 Items wait here, not in the model replicas' queues: at most `capacity` items are in flight
 to the replicas (enough to fill their batches), and the rest are handed out by the fair
@@ -12,15 +12,6 @@ before the rest of requests that came less than that earlier, and otherwise requ
 arrival order. Sharing the model equally between a key's requests instead made a long
 request's time grow with the number of requests beside it (measured with 16 clients on
 2 cores: p99 28 s against 3.5 s at the median, and 10-sentence requests timing out).
-
-Work is counted in phoneme ids, the model's input tokens: a sentence's synthesis time grows
-with its length, so "phonemes ahead / phonemes drained per second" is an honest wait estimate
-where "items ahead" is not. The drain rate is measured only over time when work was
-outstanding, so an idle hour does not read as a slow server.
-
-NOTE: each ingress replica sees only the work it sent. With several ingress replicas (and
-traffic spread evenly) its share of the queue and its share of the drain rate shrink together,
-so the estimates hold; positions are then positions among this replica's requests.
 """
 
 from __future__ import annotations
@@ -28,76 +19,58 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from math import inf
 from typing import Any
 
 from serve_app.model.engines.base import SynthesisItem, Synthesized
+from serve_app.queue.meter import Meter
 from serve_app.queue.scheduler import Fair
 
-LANES = {"interactive": 0.9, "batch": 0.1}  # lane -> share of model time under contention
 FOLLOW_ON_S = 2.0  # a request's later sentences are due this long after its first
+
+Send = Callable[[SynthesisItem], Awaitable[Any]]  # an item to a model replica, its answer back
 
 
 @dataclass(frozen=True)
 class QueueState:
     items: int  # sentence items waiting or in flight
     phonemes: int
-    phonemes_per_s: float | None  # measured drain rate; None before any work finished
-
-    def wait_s(self) -> float | None:
-        """Estimated seconds until this work has drained; None before any rate is measured."""
-        if self.phonemes == 0:
-            return 0.0
-        return None if not self.phonemes_per_s else self.phonemes / self.phonemes_per_s
-
-
-def rounded(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds, 2)
 
 
 class Backlog:
-    """Every admitted request's outstanding items, handed to the replicas fairly."""
+    """Every admitted request's outstanding items, handed to the replicas fairly through
+    `send`; `lanes` are lane -> share of model time under contention, most urgent first."""
 
     def __init__(
         self,
+        send: Send,
+        meter: Meter,
+        lanes: dict[str, float],
         capacity: int = 8,
-        lanes: dict[str, float] | None = None,
-        window_s: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[int, bool], None] | None = None,
     ):
+        self.send = send
+        self.meter = meter
+        self.lanes = lanes
         self.capacity = capacity  # items in flight to the replicas at most
-        self.lanes = dict(lanes or LANES)  # in priority order
-        self.window_s = window_s
-        self._clock = clock
+        self._clock = meter.clock
         self._on_change = on_change  # (items outstanding, whether one was just cancelled)
         self._tickets = itertools.count()
-        self._outstanding: dict[int, Tracked[Any]] = {}  # in submission order
+        self._outstanding: dict[int, Tracked] = {}  # in submission order
         self._queue = Fair()
         self._phonemes = 0
         self.in_flight = 0
-        self._busy_total = 0.0  # seconds during which something was outstanding
-        self._busy_since = 0.0
-        # (busy clock, phonemes, model seconds) of each finished item
-        self._done: deque[tuple[float, int, float]] = deque()
         self.active: set[RequestWork] = set()  # admitted requests not yet closed
         self.per_client: Counter[str] = Counter()
-        self.phonemes_per_char = 2.4  # learnt from finished requests
 
     def request(
-        self,
-        send: Callable[[SynthesisItem], Awaitable[Any]],
-        lane: str = "interactive",
-        client: str = "anonymous",
-        weight: float = 1.0,
-        chars: int = 0,
+        self, lane: str, client: str = "anonymous", weight: float = 1.0, chars: int = 0
     ) -> RequestWork:
         """Register an admitted request; it counts until `RequestWork.close()`."""
-        work = RequestWork(self, send, lane, client, weight, chars)
+        work = RequestWork(self, lane, client, weight, self.meter.phonemes(chars), chars)
         self.active.add(work)
         self.per_client[client] += 1
         return work
@@ -116,7 +89,7 @@ class Backlog:
         before it, and from each other key as many items as its own key has requests waiting.
         """
         if lane is None:
-            return QueueState(len(self._outstanding), self._phonemes, self.rate())
+            return QueueState(len(self._outstanding), self._phonemes)
         before = work.first if work else None
         first = self._outstanding.get(before) if before is not None else None
         if before is not None and (first is None or first.dispatched):
@@ -126,16 +99,16 @@ class Backlog:
             for urgent in self.lanes_through(lane) - {lane}:
                 ahead += self._queue.items_under((urgent,))
             ahead += self._one_round(lane, work)
-        return QueueState(len(ahead), sum(t.phonemes for t in ahead), self.rate())
+        return QueueState(len(ahead), sum(t.phonemes for t in ahead))
 
-    def _one_round(self, lane: str, work: RequestWork | None) -> list[Tracked[Any]]:
+    def _one_round(self, lane: str, work: RequestWork | None) -> list[Tracked]:
         lane_node = self._queue.children.get(lane)
         if lane_node is None:
             return []
         before = work.first if work else None
         mark = (work.arrival if work else self._clock(), before if before is not None else inf)
         mine = lane_node.children.get(work.client) if work else None
-        ahead: list[Tracked[Any]] = []
+        ahead: list[Tracked] = []
         if mine:  # its own key's items that are due before its first
             ahead += [t for t in mine.items_under() if (t.due, t.ticket) < mark]
         rounds = len(ahead) + 1
@@ -151,16 +124,8 @@ class Backlog:
         order = list(self.lanes)
         return set(order[: order.index(lane) + 1])
 
-    def lane_view(self, lane: str) -> dict[str, Any]:
-        """A lane as a new request in it would see the queue (see `schemas.LaneInfo`)."""
-        rate = self.rate()
-        ahead = self.remaining(self.lanes_through(lane))
-        return {
-            "requests": sum(w.lane == lane for w in self.active),
-            "items_waiting": self.waiting(lane),
-            "estimated_wait_s": rounded(self.state(lane).wait_s()),
-            "backlog_s": None if rate is None else round(ahead / rate, 2),
-        }
+    def lane_requests(self, lane: str) -> int:
+        return sum(w.lane == lane for w in self.active)
 
     def waiting(self, lane: str) -> int:
         """Items of `lane` waiting here for their turn."""
@@ -170,15 +135,10 @@ class Backlog:
         """Phonemes the admitted requests (in `lanes`) still need synthesized, estimated."""
         return sum(w.remaining() for w in self.active if lanes is None or w.lane in lanes)
 
-    def finish_s(
-        self, lane: str, phonemes: int, rate: float | None = None, client: str | None = None
-    ) -> float | None:
-        """How long new work of `phonemes` in `lane` from `client` would take to finish: after
-        more urgent lanes' work and its key's earlier requests, while other keys of its lane
-        take equal turns; `rate` is the drain rate when the caller has it already."""
-        rate = rate or self.rate()
-        if rate is None:
-            return None
+    def ahead_of_new(self, lane: str, phonemes: int, client: str | None) -> tuple[int, float]:
+        """What new work of `phonemes` in `lane` from `client` waits for, in phonemes
+        (more urgent lanes' work, its key's earlier requests and its own, while other keys of
+        its lane take equal turns), and the share of model time its lane then has."""
         order = list(self.lanes)
         rank = order.index(lane)
         urgent, keys = 0, Counter[str]()
@@ -194,36 +154,15 @@ class Backlog:
         for slower in order[rank + 1 :]:  # less urgent lanes with work still take their share
             if any(w.lane == slower and w.remaining() for w in self.active):
                 share -= self.lanes[slower]
-        return ahead / (rate * share)
-
-    def rate(self, min_busy_s: float = 0.0) -> float | None:
-        """Phonemes drained per second over the last `window_s`; None before anything
-        finished, or before `min_busy_s` of busy time has been seen.
-
-        The larger of two measures: phonemes per second of busy time (right under load,
-        whatever the number of replicas), and phonemes per second of the model's own time
-        (right when items come one at a time, since busy time then counts round trips).
-
-        NOTE: a few lone short items read the model slower than it is, even by its own time
-        (fixed costs per item); a decision that refuses work asks for busy time behind it.
-        """
-        busy = self._busy_clock()
-        recent = [(p, m) for b, p, m in self._done if b >= busy - self.window_s]
-        phonemes = sum(p for p, _ in recent)
-        model_s = sum(m for _, m in recent)
-        span = min(self.window_s, busy)
-        if not phonemes or span <= 0 or span < min_busy_s:
-            return None
-        return max(phonemes / span, phonemes / model_s if model_s else 0.0)
+        return ahead, share
 
     def set_capacity(self, capacity: int) -> None:
         """Items in flight at most from now on (e.g. when model replicas come and go)."""
         self.capacity = capacity
         self._dispatch()
 
-    def _add(self, tracked: Tracked[Any]) -> int:
-        if not self._outstanding:
-            self._busy_since = self._clock()
+    def _add(self, tracked: Tracked) -> int:
+        self.meter.added()
         ticket = next(self._tickets)
         self._outstanding[ticket] = tracked
         self._phonemes += tracked.phonemes
@@ -239,22 +178,15 @@ class Backlog:
             if tracked.start():
                 self.in_flight += 1
 
-    def _remove(
-        self, tracked: Tracked[Any], finished: bool, cancelled: bool, model_s: float = 0.0
-    ) -> None:
-        busy = self._busy_clock()
+    def _remove(self, tracked: Tracked, model_s: float | None, cancelled: bool) -> None:
+        """`tracked` has ended: synthesized (in `model_s`), failed or cancelled."""
+        self.meter.removed(tracked.phonemes, model_s)
         del self._outstanding[tracked.ticket]
         self._phonemes -= tracked.phonemes
         if tracked.dispatched:
             self.in_flight -= 1
         else:
             self._queue.remove(tracked.work.names, tracked)
-        if finished:
-            self._done.append((busy, tracked.phonemes, model_s))
-        if not self._outstanding:
-            self._busy_total = busy
-        while self._done and self._done[0][0] < busy - self.window_s:
-            self._done.popleft()
         if self._on_change:
             self._on_change(len(self._outstanding), cancelled)
         self._dispatch()
@@ -265,41 +197,30 @@ class Backlog:
         if not self.per_client[work.client]:
             del self.per_client[work.client]
         self._queue.discard(work.names)
-        if completed and work.chars and work.done:
-            self.phonemes_per_char += 0.2 * (work.done / work.chars - self.phonemes_per_char)
-
-    def _busy_clock(self) -> float:
-        if not self._outstanding:
-            return self._busy_total
-        return self._busy_total + (self._clock() - self._busy_since)
+        if completed:
+            self.meter.learn_chars(work.chars, work.done)
 
 
 class RequestWork:
-    """One admitted request's items going through the backlog; knows where it stands."""
+    """One admitted request's items going through the backlog; knows where it stands.
+    Calling it with an item queues that item (a `Tracked`, awaited for its answer)."""
 
     def __init__(
-        self,
-        backlog: Backlog,
-        send: Callable[[SynthesisItem], Awaitable[Any]],
-        lane: str,
-        client: str,
-        weight: float,
-        chars: int,
+        self, backlog: Backlog, lane: str, client: str, weight: float, estimate: int, chars: int
     ):
-        self._backlog = backlog
-        self._send = send
+        self.backlog = backlog
         self.lane, self.client, self.chars = lane, client, chars
-        self.estimate = round(chars * backlog.phonemes_per_char)  # phonemes, all sentences
+        self.estimate = estimate  # phonemes, all sentences
         self.names = (lane, client, id(self))
         self.path = ((lane, backlog.lanes[lane]), (client, weight), (id(self), 1.0))
         self.first: int | None = None  # ticket of its first item
-        self.arrival = backlog._clock()
+        self.arrival = backlog.meter.clock()
         self.outstanding = 0  # phonemes sent and not back
         self.done = 0  # phonemes synthesized
         self.closed = False
 
-    def __call__(self, item: SynthesisItem) -> Tracked[Any]:
-        tracked: Tracked[Any] = Tracked(self, item)
+    def __call__(self, item: SynthesisItem) -> Tracked:
+        tracked = Tracked(self, item)
         if self.first is None:
             self.first = tracked.ticket
         return tracked
@@ -307,7 +228,7 @@ class RequestWork:
     def ahead(self) -> QueueState:
         """The work that goes before this request's first item (all of it, before that
         item is queued)."""
-        return self._backlog.state(self.lane, self)
+        return self.backlog.state(self.lane, self)
 
     def remaining(self) -> int:
         return max(self.estimate - self.done, self.outstanding)
@@ -316,7 +237,7 @@ class RequestWork:
         """The request has ended; safe to call twice."""
         if not self.closed:
             self.closed = True
-            self._backlog._close(self, completed)
+            self.backlog._close(self, completed)
 
 
 class Tracked(Awaitable[Any]):
@@ -332,11 +253,11 @@ class Tracked(Awaitable[Any]):
         self.phonemes = len(item.phoneme_ids)
         self.dispatched = False
         self.due = work.arrival + (0.0 if work.first is None else FOLLOW_ON_S)
-        backlog = work._backlog
+        backlog = work.backlog
         self._turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.ticket = backlog._add(self)  # submission order
         work.outstanding += self.phonemes
-        self._task = asyncio.create_task(self._run(item, backlog._clock), name="chorus-item")
+        self._task = asyncio.create_task(self._run(item, backlog.send), name="chorus-item")
         self._task.add_done_callback(self._ended)
         backlog._dispatch()
 
@@ -352,15 +273,16 @@ class Tracked(Awaitable[Any]):
         self._turn.set_result(None)
         return True
 
-    async def _run(self, item: SynthesisItem, clock: Callable[[], float]) -> Any:
+    async def _run(self, item: SynthesisItem, send: Send) -> Any:
+        clock = self.work.backlog.meter.clock
         queued = clock()
         await self._turn
         waited = clock() - queued
-        response = self.work._send(item)
+        response = send(item)
         try:
             result = await response
         except asyncio.CancelledError:
-            cancel = getattr(response, "cancel", None)
+            cancel = getattr(response, "cancel", None)  # a Serve response: drop the call
             if cancel is not None:
                 cancel()
             raise
@@ -375,7 +297,7 @@ class Tracked(Awaitable[Any]):
         self.work.outstanding -= self.phonemes
         if finished:
             self.work.done += self.phonemes
-        self.work._backlog._remove(self, finished, task.cancelled(), model_s)
+        self.work.backlog._remove(self, model_s if finished else None, task.cancelled())
 
     def cancel(self) -> None:
         self._task.cancel()

@@ -1,5 +1,6 @@
-"""One request's life: sentence items out with a growing look-ahead window, ordered audio back,
-laid out in time, paced with heartbeats and a deadline, and cancelled when abandoned."""
+"""The stages of one request's audio: sentence items out with a growing look-ahead window,
+ordered audio back, laid out in time, paced with heartbeats and the deadline, and cancelled
+when abandoned."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from serve_app.deadline import Deadline
 from serve_app.model.engines.base import SynthesisItem, Synthesized
 from serve_app.speech import audio
 from serve_app.speech.text import Sentence
@@ -34,6 +36,7 @@ class Voicing:
 
     @classmethod
     def create(cls, voice: VoiceInfo, speed: float, seed: int | None) -> Voicing:
+        """Spoken at `speed`; with no `seed`, a random one of its own."""
         return cls(voice, speed, secrets.randbits(63) if seed is None else seed)
 
     def item(self, sentence: Sentence) -> SynthesisItem:
@@ -136,16 +139,13 @@ async def spoken(
 
 
 async def paced(
-    source: AsyncIterator[T], tick_s: float | None, timeout_s: float, deadline_s: float = 0.0
+    source: AsyncIterator[T], tick_s: float | None, deadline: Deadline
 ) -> AsyncIterator[T | None]:
     """`source`'s items, produced by a task of their own; None whenever `tick_s` passes
-    without one (a chance to send a heartbeat). TimeoutError once `timeout_s` has passed
-    (the rest of the request's deadline of `deadline_s`, named in the error).
+    without one (a chance to send a heartbeat). The deadline's own error once it passes.
 
     Closing this (client gone, error) cancels the task, and so `source`'s pending work.
     """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
     queue: asyncio.Queue[tuple[Any, BaseException | None]] = asyncio.Queue(maxsize=1)
     end = object()
 
@@ -155,21 +155,19 @@ async def paced(
                 async for item in source:
                     await queue.put((item, None))
             await queue.put((end, None))
-        except Exception as exc:  # handed to the consumer, which maps it to an HTTP error
+        except Exception as exc:  # handed to the consumer, which tells the client
             await queue.put((end, exc))
 
     task = asyncio.create_task(pump(), name="chorus-speech")
     try:
         while True:
-            wait = deadline - loop.time()
+            wait = deadline.left_s()
             if wait <= 0:
-                raise TimeoutError(
-                    f"not finished within its deadline of {deadline_s or timeout_s:g} s"
-                )
+                raise deadline.exceeded()
             try:
                 item, error = await asyncio.wait_for(queue.get(), min(tick_s or wait, wait))
             except TimeoutError:
-                if tick_s is not None and loop.time() < deadline:
+                if tick_s is not None and deadline.left_s() > 0:
                     yield None
                 continue
             if error is not None:

@@ -1,7 +1,7 @@
 """Transport of a streamed response: chunked audio bytes, or server-sent events (OpenAI's
 `speech.audio.delta` / `speech.audio.done`, plus Chorus's queue, sentence and error events).
 
-The bodies here own encoding and framing only; `speech.paced` owns the work, and closing a
+The bodies here own encoding and framing only; `ordering.paced` owns the work, and closing a
 body (client gone) closes it, which cancels the request's queued sentence items.
 """
 
@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from serve_app.errors import ChorusError
-from serve_app.queue.backlog import QueueState
 from serve_app.speech.audio import StreamEncoder
 from serve_app.speech.ordering import Spoken
 
@@ -56,18 +55,19 @@ async def audio_body(
 async def sse_body(
     events: Events,
     encoder: StreamEncoder,
-    ahead: Callable[[], QueueState],
+    position: Callable[[], dict[str, Any]],
     as_error: Callable[[Exception], ChorusError],
 ) -> AsyncIterator[bytes]:
-    """Queue updates until the first audio, then a delta and a timing event per sentence,
-    then `speech.audio.done`; an `error` event if anything fails on the way."""
+    """Queue updates (`position()`: where the request stands) until the first audio, then a
+    delta and a timing event per sentence, then `speech.audio.done`; an `error` event if
+    anything fails on the way."""
     phonemes = frames = sentences = 0
     queue_s, model_s = None, 0.0
     try:
-        yield _queue_event(ahead())
+        yield _queue_event(position())
         async for part in events:
             if part is None:
-                yield _queue_event(ahead()) if not sentences else HEARTBEAT
+                yield _queue_event(position()) if not sentences else HEARTBEAT
                 continue
             if data := await asyncio.to_thread(encoder.write, part.audio):
                 yield _delta(data)
@@ -97,8 +97,8 @@ async def sse_body(
         error = as_error(exc)
         logger.warning("SSE stream failed after it started: %s", error.message)
         payload: dict[str, Any] = {"type": "error", **error.envelope(), "status": error.status}
-        if "Retry-After" in error.headers:
-            payload["retry_after_s"] = int(error.headers["Retry-After"])
+        if error.retry_after is not None:
+            payload["retry_after_s"] = error.retry_after
         yield event(payload)
     finally:
         await events.aclose()
@@ -112,13 +112,5 @@ def _delta(data: bytes) -> bytes:
     return event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
 
 
-def _queue_event(state: QueueState) -> bytes:
-    wait = state.wait_s()
-    return event(
-        {
-            "type": "speech.queue",
-            "position": state.items,
-            "phonemes_ahead": state.phonemes,
-            "estimated_start_s": None if wait is None else round(wait, 2),
-        }
-    )
+def _queue_event(position: dict[str, Any]) -> bytes:
+    return event({"type": "speech.queue", **position})

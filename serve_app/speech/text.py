@@ -77,6 +77,13 @@ _CLAUSE_END = re.compile(r"[,;:\u2014\u2013]\s")
 _WHITESPACE = re.compile(r"\s+")
 
 
+# What the door's estimate of phonemes per character is first measured on (per voice).
+SAMPLE = (
+    "The meeting starts at nine tomorrow morning. Please bring the reports you wrote last "
+    "week, and let me know if anything changed since then! Thank you, and see you soon."
+)
+
+
 class TextError(ValueError):
     """The text cannot be spoken; the message is safe to show the client."""
 
@@ -227,6 +234,11 @@ class TextFrontend:
             ids.extend(pad)
         ids.extend(id_map["$"])
         return tuple(ids)
+
+    def phonemes_per_char(self, text: str = SAMPLE) -> float:
+        """Phoneme ids per input character of `text` in this voice."""
+        ids = [self.phoneme_ids(s) or () for s in self.prepare(text)]
+        return sum(len(i) for i in ids) / len(text)
 
     async def sentences(self, sentences: list[str]) -> AsyncIterator[Sentence]:
         """Phonemize lazily, one sentence per event-loop turn, skipping silent ones."""

@@ -8,11 +8,12 @@ import pytest
 import yaml
 
 from serve_app.config import AppConfig, hash_key
+from serve_app.deadline import Deadline
 from serve_app.errors import Forbidden, Overloaded, RateLimited, Unauthorized
 from serve_app.queue.backlog import Backlog
-from serve_app.queue.door import Admission
+from serve_app.queue.door import Door
 from serve_app.queue.keys import KeyStore, TokenBucket, main
-from tests.unit.test_backlog import Clock, Replica, item
+from tests.fakes import Clock, Replica, item, make_backlog
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -85,75 +86,76 @@ def test_key_tool_prints_a_key_and_its_entry(capsys) -> None:
     assert f"sha256: {hash_key(key)}" in out
 
 
-def door(clock: Clock, **args) -> tuple[Admission, KeyStore, Backlog, Replica]:
+def make_door(clock: Clock, **args) -> tuple[Door, KeyStore, Backlog, Replica]:
     cfg = config(**args)
-    backlog = Backlog(capacity=1, clock=clock)
-    return Admission(cfg, backlog), KeyStore(cfg, clock=clock), backlog, Replica()
+    replica = Replica()
+    backlog = make_backlog(replica, clock, capacity=1)
+    return Door(cfg, backlog), KeyStore(cfg, clock=clock), backlog, replica
 
 
 def test_lanes_are_limited_per_key() -> None:
-    admission, keys, _, _ = door(
+    door, keys, _, _ = make_door(
         Clock(), api_keys=[{"name": "bulk", "key": KEY, "lanes": ["batch"]}]
     )
     client = keys.authenticate(bearer(KEY))
-    assert admission.lane(client, None) == "batch"
+    assert door.lane(client, None) == "batch"
     with pytest.raises(Forbidden):
-        admission.lane(client, "interactive")
+        door.lane(client, "interactive")
 
 
 def test_rate_limits_answer_429_with_the_wait_and_refusals_cost_nothing() -> None:
     clock = Clock()
     limits = {"requests_per_s": 0.1, "requests_burst": 2, "chars_per_s": 100, "chars_burst": 4096}
-    admission, keys, _, replica = door(
+    door, keys, _, replica = make_door(
         clock, api_keys=[{"name": "a", "key": KEY, "limits": limits}]
     )
     client = keys.authenticate(bearer(KEY))
-    admission.admit(client, "interactive", 4000, 60, replica.send).close()
+    door.admit(client, "interactive", 4000, Deadline(60)).close()
     with pytest.raises(RateLimited) as err:
-        admission.admit(client, "interactive", 500, 60, replica.send)
+        door.admit(client, "interactive", 500, Deadline(60))
     assert err.value.status == 429 and err.value.headers["Retry-After"] == "5"  # 404 chars short
     clock.now += 5
-    admission.admit(client, "interactive", 500, 60, replica.send).close()
+    door.admit(client, "interactive", 500, Deadline(60)).close()
     with pytest.raises(RateLimited) as err:  # the request bucket: 2, then 1 per 10 s
-        admission.admit(client, "interactive", 1, 60, replica.send)
+        door.admit(client, "interactive", 1, Deadline(60))
     assert err.value.headers["Retry-After"] == "5"  # 0.5 requests left after 5 s
 
 
 def test_concurrent_requests_are_capped_per_key() -> None:
     limits = {"max_concurrent": 2}
-    admission, keys, backlog, replica = door(
+    door, keys, backlog, replica = make_door(
         Clock(), api_keys=[{"name": "a", "key": KEY, "limits": limits}]
     )
     client = keys.authenticate(bearer(KEY))
-    works = [admission.admit(client, "interactive", 10, 60, replica.send) for _ in range(2)]
+    works = [door.admit(client, "interactive", 10, Deadline(60)) for _ in range(2)]
     with pytest.raises(RateLimited) as err:
-        admission.admit(client, "interactive", 10, 60, replica.send)
+        door.admit(client, "interactive", 10, Deadline(60))
     assert err.value.code == "too_many_concurrent_requests"
     works[0].close()
-    admission.admit(client, "interactive", 10, 60, replica.send)
+    door.admit(client, "interactive", 10, Deadline(60))
 
 
 def test_a_full_queue_or_an_unmeetable_deadline_is_refused_with_a_measured_retry_after() -> None:
     async def run() -> None:
         clock = Clock()
-        admission, keys, backlog, replica = door(clock, max_backlog_s=10)
+        door, keys, backlog, replica = make_door(clock, max_backlog_s=10)
         client = keys.authenticate({})
-        warm = admission.admit(client, "interactive", 0, 60, replica.send)
+        warm = door.admit(client, "interactive", 0, Deadline(60))
         pending = warm(item(200))
         await asyncio.sleep(0)
         clock.now += 2.0
         replica.futures[0].set_result("audio")
         await pending
         warm.close()
-        backlog.phonemes_per_char = 1.6  # as if learnt
+        backlog.meter.phonemes_per_char = 1.6  # as if learnt
         # 100 phonemes/s measured
-        admission.admit(client, "batch", 1000, 60, replica.send)  # 16 s of batch work
-        admission.admit(client, "interactive", 500, 60, replica.send)  # batch does not count
+        door.admit(client, "batch", 1000, Deadline(60))  # 16 s of batch work
+        door.admit(client, "interactive", 500, Deadline(60))  # batch does not count
         with pytest.raises(Overloaded) as err:
-            admission.admit(client, "batch", 10, 60, replica.send)
+            door.admit(client, "batch", 10, Deadline(60))
         assert err.value.headers["Retry-After"] == "15"  # 24.16 s of work must drain to 10
         with pytest.raises(Overloaded) as err:
-            admission.admit(client, "interactive", 100, 1.0, replica.send)
+            door.admit(client, "interactive", 100, Deadline(1.0))
         assert err.value.code == "deadline_unmeetable"
         # 160 own after all 800 of the same key's earlier request (a key's requests go in
         # arrival order), at 90% of 100/s (batch work keeps 10%)
@@ -163,9 +165,9 @@ def test_a_full_queue_or_an_unmeetable_deadline_is_refused_with_a_measured_retry
 
 
 def test_requests_in_progress_are_bounded() -> None:
-    admission, keys, _, replica = door(Clock(), max_active_requests=2)
+    door, keys, _, replica = make_door(Clock(), max_active_requests=2)
     client = keys.authenticate({})
     for _ in range(2):
-        admission.admit(client, "interactive", 10, 60, replica.send)
+        door.admit(client, "interactive", 10, Deadline(60))
     with pytest.raises(Overloaded):
-        admission.admit(client, "interactive", 10, 60, replica.send)
+        door.admit(client, "interactive", 10, Deadline(60))

@@ -1,5 +1,5 @@
 """The ingress's queue: items wait for room in flight, lanes and fair shares decide who goes
-next, and positions, drain rate and finish estimates come out of it."""
+next, and positions, drain rate and finish estimates come out of it (with its meter)."""
 
 from __future__ import annotations
 
@@ -8,86 +8,43 @@ import asyncio
 import numpy as np
 import pytest
 
-from serve_app.model.engines.base import SynthesisItem, Synthesized
+from serve_app.model.engines.base import Synthesized
 from serve_app.queue.backlog import Backlog, RequestWork
+from tests.fakes import Clock, Replica, item, make_backlog, settle
 
 pytestmark = pytest.mark.timeout(30)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+def wait_s(backlog: Backlog, work: RequestWork) -> float | None:
+    """The estimated wait before `work`'s first item."""
+    return backlog.meter.seconds(work.ahead().phonemes)
 
 
-def item(phonemes: int, seed: int = 0) -> SynthesisItem:
-    return SynthesisItem("v", (1,) * phonemes, 1.0, 0.667, 0.8, seed)
-
-
-class Response:
-    """Like Ray's DeploymentResponse: cancelling its awaiter does not cancel the call."""
-
-    def __init__(self, future: asyncio.Future) -> None:
-        self.future = future
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-    def __await__(self):
-        return asyncio.shield(self.future).__await__()
-
-
-class Replica:
-    """Items finish when the test says so; `sent` is what reached the replica, in order."""
-
-    def __init__(self) -> None:
-        self.futures: list[asyncio.Future] = []
-        self.responses: list[Response] = []
-        self.sent: list[int] = []
-
-    def send(self, it: SynthesisItem) -> Response:
-        self.sent.append(it.seed)
-        self.futures.append(asyncio.get_running_loop().create_future())
-        self.responses.append(Response(self.futures[-1]))
-        return self.responses[-1]
-
-    async def finish_next(self, backlog: Backlog, clock: Clock, seconds: float = 1.0) -> None:
-        """The oldest unfinished call finishes after `seconds`."""
-        await settle()
-        clock.now += seconds
-        next(f for f in self.futures if not f.done()).set_result("audio")
-        await settle()
-
-
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
+def finish_s(backlog: Backlog, lane: str, phonemes: int, client: str) -> float | None:
+    return backlog.meter.seconds(*backlog.ahead_of_new(lane, phonemes, client))
 
 
 def one_request(on_change=None) -> tuple[Clock, Replica, Backlog, RequestWork]:
     clock, replica = Clock(), Replica()
-    backlog = Backlog(clock=clock, on_change=on_change)
-    return clock, replica, backlog, backlog.request(replica.send)
+    backlog = make_backlog(replica, clock, on_change=on_change)
+    return clock, replica, backlog, backlog.request("interactive")
 
 
 def test_position_and_wait_come_from_work_ahead_and_measured_rate() -> None:
     async def run() -> None:
         clock, replica = Clock(), Replica()
-        backlog = Backlog(clock=clock)
-        early, late = backlog.request(replica.send), backlog.request(replica.send)
-        assert late.ahead().items == 0 and late.ahead().wait_s() == 0.0
+        backlog = make_backlog(replica, clock)
+        early, late = backlog.request("interactive"), backlog.request("interactive")
+        assert late.ahead().items == 0 and wait_s(backlog, late) == 0.0
         first = [early(item(100)), early(item(50))]
         mine = late(item(10))
         assert (late.ahead().items, late.ahead().phonemes) == (2, 150)
-        assert late.ahead().wait_s() is None  # nothing has finished: no honest estimate yet
+        assert wait_s(backlog, late) is None  # nothing has finished: no honest estimate yet
         await replica.finish_next(backlog, clock, 2.0)
         assert await first[0] == "audio"
         assert late.ahead().items == 1
-        assert backlog.state().phonemes_per_s == pytest.approx(50.0)  # 100 phonemes in 2 s
-        assert late.ahead().wait_s() == pytest.approx(1.0)  # 50 phonemes ahead at 50/s
+        assert backlog.meter.rate() == pytest.approx(50.0)  # 100 phonemes in 2 s
+        assert wait_s(backlog, late) == pytest.approx(1.0)  # 50 phonemes ahead at 50/s
         assert early.ahead().items == 0  # nothing is ahead of its own first item
         replica.futures[1].set_result("audio")
         replica.futures[2].set_result("audio")
@@ -105,8 +62,8 @@ def test_position_and_wait_come_from_work_ahead_and_measured_rate() -> None:
 def test_only_capacity_items_reach_the_replicas_and_a_waiting_item_given_up_never_does() -> None:
     async def run() -> None:
         clock, replica = Clock(), Replica()
-        backlog = Backlog(capacity=2, clock=clock)
-        work = backlog.request(replica.send)
+        backlog = make_backlog(replica, clock, 2)
+        work = backlog.request("interactive")
         pending = [work(item(10, seed=i)) for i in range(4)]
         await settle()
         assert replica.sent == [0, 1] and backlog.in_flight == 2
@@ -125,12 +82,12 @@ def test_only_capacity_items_reach_the_replicas_and_a_waiting_item_given_up_neve
 def test_interactive_goes_first_and_batch_keeps_its_share() -> None:
     async def run() -> None:
         clock, replica = Clock(), Replica()
-        backlog = Backlog(capacity=1, lanes={"interactive": 0.75, "batch": 0.25}, clock=clock)
-        bulk = backlog.request(replica.send, lane="batch")
+        backlog = make_backlog(replica, clock, 1, {"interactive": 0.75, "batch": 0.25})
+        bulk = backlog.request("batch")
         for i in range(10):
             bulk(item(10, seed=100 + i))
         await settle()  # item 100 is in flight before anything interactive arrives
-        chat = backlog.request(replica.send, lane="interactive")
+        chat = backlog.request("interactive")
         for i in range(9):
             chat(item(10, seed=i))
         for _ in range(12):
@@ -145,12 +102,12 @@ def test_interactive_goes_first_and_batch_keeps_its_share() -> None:
 def test_a_light_key_gets_an_equal_share_against_a_heavy_one() -> None:
     async def run() -> None:
         clock, replica = Clock(), Replica()
-        backlog = Backlog(capacity=1, clock=clock)
-        heavy = [backlog.request(replica.send, client="heavy") for _ in range(10)]
+        backlog = make_backlog(replica, clock, 1)
+        heavy = [backlog.request("interactive", client="heavy") for _ in range(10)]
         for n, work in enumerate(heavy):
             for i in range(3):
                 work(item(10, seed=1000 + 10 * n + i))
-        light = backlog.request(replica.send, client="light")
+        light = backlog.request("interactive", client="light")
         for i in range(3):
             light(item(10, seed=i))
         for _ in range(8):
@@ -166,13 +123,13 @@ def test_a_light_key_gets_an_equal_share_against_a_heavy_one() -> None:
 def test_a_keys_first_sentences_go_first_then_its_requests_in_arrival_order() -> None:
     async def run() -> None:
         clock, replica = Clock(), Replica()
-        backlog = Backlog(capacity=1, clock=clock)
+        backlog = make_backlog(replica, clock, 1)
         for n in range(3):  # 3 requests of 3 sentences, seeds 10n..10n+2
-            work = backlog.request(replica.send)
+            work = backlog.request("interactive")
             for i in range(3):
                 work(item(10, seed=10 * n + i))
         clock.now += 1
-        late = backlog.request(replica.send)  # 1 s later, 2 sentences
+        late = backlog.request("interactive")  # 1 s later, 2 sentences
         late(item(10, seed=30))
         late(item(10, seed=31))
         for _ in range(11):
@@ -187,21 +144,21 @@ def test_a_keys_first_sentences_go_first_then_its_requests_in_arrival_order() ->
 def test_position_counts_one_fair_round_not_everything_queued() -> None:
     async def run() -> None:
         clock, replica = Clock(), Replica()
-        backlog = Backlog(capacity=1, clock=clock)
-        heavy = [backlog.request(replica.send, client="heavy") for _ in range(3)]
+        backlog = make_backlog(replica, clock, 1)
+        heavy = [backlog.request("interactive", client="heavy") for _ in range(3)]
         for work in heavy:
             for _ in range(3):
                 work(item(10))
         await settle()  # 1 in flight, 8 waiting: 2 first sentences, then 6 later ones
         clock.now += 1
-        mate = backlog.request(replica.send, client="heavy")
+        mate = backlog.request("interactive", client="heavy")
         mate(item(10))
         # the 2 waiting first sentences of its key, due before its own, + the one in flight
         assert mate.ahead().items == 1 + 2
-        light = backlog.request(replica.send, client="light")
+        light = backlog.request("interactive", client="light")
         light(item(10, seed=7))
         assert light.ahead().items == 1 + 1  # the heavy key gets one turn before it
-        batch = backlog.request(replica.send, lane="batch", client="light")
+        batch = backlog.request("batch", client="light")
         batch(item(10))
         assert batch.ahead().items == 1 + 10  # every interactive item goes first
         assert backlog.state().items == 12
@@ -215,22 +172,22 @@ def test_position_counts_one_fair_round_not_everything_queued() -> None:
 def test_finish_estimate_counts_the_keys_earlier_requests_and_other_keys_turns() -> None:
     async def run() -> None:
         clock, replica = Clock(), Replica()
-        backlog = Backlog(capacity=1, clock=clock)
-        work = backlog.request(replica.send, chars=0)
+        backlog = make_backlog(replica, clock, 1)
+        work = backlog.request("interactive", chars=0)
         work(item(100))
         await replica.finish_next(backlog, clock, 1.0)  # rate: 100 phonemes/s
-        backlog.phonemes_per_char = 1.6
-        long = backlog.request(replica.send, client="a", chars=1000)  # 1600 phonemes estimated
-        short = backlog.request(replica.send, client="a", chars=10)  # 16
+        backlog.meter.phonemes_per_char = 1.6
+        long = backlog.request("interactive", client="a", chars=1000)  # 1600 phonemes estimated
+        short = backlog.request("interactive", client="a", chars=10)  # 16
         assert (long.remaining(), short.remaining()) == (1600, 16)
         # a new 50-phoneme request of key a goes after a's earlier requests
-        assert backlog.finish_s("interactive", 50, client="a") == pytest.approx(16.66)
+        assert finish_s(backlog, "interactive", 50, "a") == pytest.approx(16.66)
         # of key b: its own 50, while key a takes as many turns
-        assert backlog.finish_s("interactive", 50, client="b") == pytest.approx(1.0)
-        bulk = backlog.request(replica.send, lane="batch", client="a", chars=100)
+        assert finish_s(backlog, "interactive", 50, "b") == pytest.approx(1.0)
+        bulk = backlog.request("batch", client="a", chars=100)
         # batch work takes its share from interactive work, and waits for all of it
-        assert backlog.finish_s("interactive", 50, client="b") == pytest.approx(1.0 / 0.9)
-        assert backlog.finish_s("batch", 50, client="b") == pytest.approx((1616 + 100) / 100)
+        assert finish_s(backlog, "interactive", 50, "b") == pytest.approx(1.0 / 0.9)
+        assert finish_s(backlog, "batch", 50, "b") == pytest.approx((1616 + 100) / 100)
         assert bulk.remaining() == 160
         assert backlog.remaining({"interactive"}) == 1616
 
@@ -240,14 +197,14 @@ def test_finish_estimate_counts_the_keys_earlier_requests_and_other_keys_turns()
 def test_phonemes_per_character_is_learnt_from_finished_requests() -> None:
     async def run() -> None:
         clock, replica = Clock(), Replica()
-        backlog = Backlog(clock=clock)
+        backlog = make_backlog(replica, clock)
         for _ in range(20):
-            work = backlog.request(replica.send, chars=100)
+            work = backlog.request("interactive", chars=100)
             pending = work(item(300))
             await replica.finish_next(backlog, clock)
             await pending
             work.close(completed=True)
-        assert backlog.phonemes_per_char == pytest.approx(3.0, rel=0.02)
+        assert backlog.meter.phonemes_per_char == pytest.approx(3.0, rel=0.02)
 
     asyncio.run(run())
 
@@ -260,8 +217,8 @@ def test_the_models_own_time_sets_the_rate_when_round_trips_dominate() -> None:
         clock.now += 1.0  # a second of busy time, of which the model took 0.25 s
         replica.futures[0].set_result(Synthesized(np.zeros(1), queue_s=0.0, model_s=0.25))
         assert (await pending).model_s == 0.25
-        assert backlog.rate() == pytest.approx(400.0)  # not 100: the round trip is not work
-        assert backlog.rate(min_busy_s=2.0) is None  # too little seen to refuse anyone by
+        assert backlog.meter.rate() == pytest.approx(400.0)  # not 100: the round trip is not work
+        assert not backlog.meter.can_refuse()  # too little seen to refuse anyone by
 
     asyncio.run(run())
 
@@ -276,7 +233,7 @@ def test_idle_time_does_not_slow_the_measured_rate() -> None:
         pending = work(item(100))
         await replica.finish_next(backlog, clock, 1.0)
         await pending
-        assert backlog.state().phonemes_per_s == pytest.approx(100.0)
+        assert backlog.meter.rate() == pytest.approx(100.0)
 
     asyncio.run(run())
 
@@ -293,7 +250,7 @@ def test_cancelled_work_leaves_the_queue_and_the_replica_call_is_cancelled() -> 
             await pending
         assert replica.responses[0].cancelled
         assert backlog.state().items == 0 and backlog.in_flight == 0
-        assert backlog.state().phonemes_per_s is None  # dropped work drained nothing
+        assert backlog.meter.rate() is None  # dropped work drained nothing
         assert changes == [(1, False), (0, True)]  # what the in-flight and cancelled metrics see
 
     asyncio.run(run())
@@ -302,8 +259,8 @@ def test_cancelled_work_leaves_the_queue_and_the_replica_call_is_cancelled() -> 
 def test_failed_work_leaves_the_queue() -> None:
     async def run() -> None:
         replica = Replica()
-        backlog = Backlog(clock=Clock())
-        pending = backlog.request(replica.send)(item(10))
+        backlog = make_backlog(replica, Clock())
+        pending = backlog.request("interactive")(item(10))
         await settle()
         replica.futures[0].set_exception(RuntimeError("boom"))
         with pytest.raises(RuntimeError):

@@ -13,11 +13,11 @@ from ray.exceptions import ActorDiedError, NodeDiedError, WorkerCrashedError
 from ray.serve.config import AutoscalingConfig
 
 from serve_app.autoscaling import scale_on_items
-from serve_app.errors import ItemTooLarge, Overloaded, PayloadTooLarge, as_chorus_error
+from serve_app.errors import ItemTooLarge, Overloaded, PayloadTooLarge, classify
 from serve_app.model.engines.base import Synthesized
 from serve_app.model.replicas import ModelReplicas
 from serve_app.model.synthesizer import is_out_of_memory
-from tests.unit.test_backlog import Clock, item
+from tests.fakes import Clock, Handle, item
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -41,14 +41,16 @@ class Call:
 async def test_an_item_whose_replica_died_is_sent_again_and_answered() -> None:
     calls = [Call("a", ActorDiedError()), Call("b")]
     retried = []
-    replicas = ModelReplicas(lambda _: calls.pop(0), retries=3, on_retry=lambda: retried.append(1))
+    replicas = ModelReplicas(
+        Handle(lambda _: calls.pop(0)), retries=3, on_retry=lambda: retried.append(1)
+    )
     answer = await replicas.send(item(5))
     assert answer.replica == "b" and not calls
     assert retried == [1]
 
 
 async def test_a_replica_lost_more_often_than_the_retries_fails_the_item() -> None:
-    replicas = ModelReplicas(lambda _: Call("a", ActorDiedError()), retries=1)
+    replicas = ModelReplicas(Handle(lambda _: Call("a", ActorDiedError())), retries=1)
     with pytest.raises(ActorDiedError):
         await replicas.send(item(5))
 
@@ -56,13 +58,13 @@ async def test_a_replica_lost_more_often_than_the_retries_fails_the_item() -> No
 async def test_an_engine_error_is_not_retried() -> None:
     calls = [Call("a", ItemTooLarge("too big")), Call("b")]
     with pytest.raises(ItemTooLarge):
-        await ModelReplicas(lambda _: calls.pop(0)).send(item(5))
+        await ModelReplicas(Handle(lambda _: calls.pop(0))).send(item(5))
     assert len(calls) == 1
 
 
 async def test_cancelling_a_send_cancels_the_replica_call() -> None:
     call = Call("a")
-    task = asyncio.create_task(ModelReplicas(lambda _: call).send(item(5)))
+    task = asyncio.create_task(ModelReplicas(Handle(lambda _: call)).send(item(5)))
     await asyncio.sleep(0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -74,7 +76,7 @@ async def test_replicas_are_counted_while_they_answer() -> None:
     clock, counts = Clock(), []
     names = iter(["a", "b", "a", "b", "a"])
     replicas = ModelReplicas(
-        lambda _: Call(next(names)), window_s=30, on_count=counts.append, clock=clock
+        Handle(lambda _: Call(next(names))), window_s=30, on_count=counts.append, clock=clock
     )
     assert replicas.count() == 1  # before any answer there is still one replica
     for _ in range(4):
@@ -124,14 +126,14 @@ def test_out_of_memory_is_told_apart_from_other_engine_errors() -> None:
 
 
 def test_a_sentence_that_never_fits_is_a_413_naming_the_input() -> None:
-    error = as_chorus_error(ItemTooLarge("too big"))
+    error = classify(ItemTooLarge("too big"))
     assert isinstance(error, PayloadTooLarge)
     assert error.status == 413 and error.param == "input"
 
 
 @pytest.mark.parametrize("lost", [ActorDiedError(), WorkerCrashedError(), NodeDiedError("n")])
 def test_a_replica_lost_past_the_retries_is_a_503_replica_unavailable(lost) -> None:
-    error = as_chorus_error(lost, retry_after_s=3)
+    error = classify(lost, retry_after_s=3)
     assert isinstance(error, Overloaded)
     assert (error.status, error.code) == (503, "replica_unavailable")
     assert error.headers == {"Retry-After": "3"}

@@ -7,6 +7,8 @@ import asyncio
 import numpy as np
 import pytest
 
+from serve_app.deadline import Deadline
+from serve_app.errors import DeadlineExceeded
 from serve_app.model.engines.base import Synthesized
 from serve_app.speech.ordering import Voicing, item_seed, ordered_audio, paced, spoken
 from serve_app.speech.text import Sentence
@@ -128,7 +130,7 @@ async def slow_source(cleaned: list[str], delays: list[float]):
 
 def test_paced_ticks_while_waiting_and_passes_items_through() -> None:
     async def run():
-        return [x async for x in paced(slow_source([], [0.0, 0.35, 0.0]), 0.1, 10)]
+        return [x async for x in paced(slow_source([], [0.0, 0.35, 0.0]), 0.1, Deadline(10))]
 
     out = asyncio.run(run())
     assert [x for x in out if x is not None] == [0, 1, 2]
@@ -139,11 +141,12 @@ def test_paced_times_out_and_stops_its_source() -> None:
     cleaned: list[str] = []
 
     async def run():
-        async for _ in paced(slow_source(cleaned, [0.0, 30.0]), None, 0.2):
+        async for _ in paced(slow_source(cleaned, [0.0, 30.0]), None, Deadline(0.2)):
             pass
 
-    with pytest.raises(TimeoutError):
+    with pytest.raises(DeadlineExceeded) as err:
         asyncio.run(run())
+    assert err.value.status == 504 and "0.2 s" in err.value.message
     assert cleaned == ["source closed"]
 
 
@@ -155,11 +158,11 @@ def test_closing_paced_stops_its_source_and_errors_reach_the_consumer() -> None:
         raise RuntimeError("replica gone")
 
     async def run():
-        stream = paced(slow_source(cleaned, [0.0, 30.0]), 0.05, 60)
+        stream = paced(slow_source(cleaned, [0.0, 30.0]), 0.05, Deadline(60))
         assert await anext(stream) == 0
         await stream.aclose()
         with pytest.raises(RuntimeError, match="replica gone"):
-            async for _ in paced(failing(), None, 60):
+            async for _ in paced(failing(), None, Deadline(60)):
                 pass
 
     asyncio.run(run())

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from serve_app.config import SynthesizerUserConfig
+
+if TYPE_CHECKING:
+    from serve_app.model.profile import SpeedProfile
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class Synthesized:
     queue_s: float  # waited in the replica before its batch ran
     model_s: float  # its share of its batch's model time
     replica: str = ""  # id of the model replica that made it
+    profile: SpeedProfile | None = None  # that replica's speed, for the ingress's meter
 
 
 class Engine(ABC):

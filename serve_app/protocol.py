@@ -1,4 +1,5 @@
-"""Request and response models of the HTTP API, with reusable constrained types."""
+"""Request and response models of the HTTP API, with reusable constrained types (plain
+pydantic: read by the HTTP layer and the speech pipeline alike)."""
 
 from __future__ import annotations
 
@@ -88,6 +89,19 @@ class SpeechRequest(BaseModel):
                 "speech.sentence events carry them"
             )
         return self
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error's body (`errors.ChorusError.envelope`)."""
+
+    error: ErrorDetail
 
 
 class SentenceTiming(BaseModel):

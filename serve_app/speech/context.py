@@ -1,0 +1,127 @@
+"""What a speech request asks for, checked and resolved once: the voices on offer, and the one
+`RequestContext` that every stage of the pipeline reads (`speech.pipeline`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from serve_app.config import AppConfig
+from serve_app.deadline import Deadline
+from serve_app.errors import BadRequest
+from serve_app.protocol import SpeechRequest
+from serve_app.queue.backlog import RequestWork
+from serve_app.speech import audio
+from serve_app.speech.ordering import Voicing
+from serve_app.speech.text import TextError, TextFrontend
+from serve_app.speech.voices import VoiceInfo, load_voices
+
+
+@dataclass(frozen=True)
+class SpeechCall:
+    """A speech request as read off the wire: the validated body, the lane it asks for
+    (None: its key's default) and its deadline."""
+
+    request: SpeechRequest
+    asked_lane: str | None
+    deadline: Deadline
+
+
+class Catalogue:
+    """The voices this server speaks, their aliases, and a text front end for each."""
+
+    def __init__(self, config: AppConfig) -> None:
+        self.voices: dict[str, VoiceInfo] = load_voices(config.voices)
+        self.aliases: dict[str, str] = dict(config.voice_aliases or {})
+        self.frontends = {
+            vid: TextFrontend(info, config.max_item_chars) for vid, info in self.voices.items()
+        }
+
+    def voice(self, name: str) -> VoiceInfo:
+        voice_id = name if name in self.voices else self.aliases.get(name)
+        if voice_id is None:
+            known = sorted([*self.voices, *self.aliases])
+            raise BadRequest(
+                f"unknown voice {name[:64]!r}; available: {', '.join(known)}",
+                param="voice",
+                code="unknown_voice",
+            )
+        return self.voices[voice_id]
+
+    def phonemes_per_char(self) -> float:
+        """The largest density of the voices' front ends (an estimate that errs long)."""
+        return max(f.phonemes_per_char() for f in self.frontends.values())
+
+
+@dataclass
+class RequestContext:
+    """One speech request from the door to its answer. Built by `plan`; `work` is set when
+    the door admits it."""
+
+    call: SpeechCall
+    client: str
+    lane: str
+    voice: VoiceInfo
+    frontend: TextFrontend
+    fmt: audio.AudioFormat
+    rate: int  # output sample rate
+    sentences: list[str]
+    voicing: Voicing
+    work: RequestWork | None = field(default=None, repr=False)
+
+    @property
+    def request(self) -> SpeechRequest:
+        return self.call.request
+
+    @property
+    def deadline(self) -> Deadline:
+        return self.call.deadline
+
+    @property
+    def stream(self) -> str:
+        return self.request.stream_format or "none"
+
+    def tags(self) -> dict[str, str]:
+        return {"voice": self.voice.id, "stream": self.stream, "lane": self.lane}
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "X-Chorus-Voice": self.voice.id,
+            "X-Chorus-Sample-Rate": str(self.rate),
+            "X-Chorus-Lane": self.lane,
+        }
+
+
+def plan(
+    call: SpeechCall, client: str, lane: str, catalogue: Catalogue, config: AppConfig
+) -> RequestContext:
+    """Everything about a request that can be refused before any work starts (400s)."""
+    req = call.request
+    if req.model not in config.models:
+        raise BadRequest(
+            f"unknown model {req.model[:64]!r}; available: {', '.join(config.models)}",
+            param="model",
+            code="model_not_found",
+        )
+    if len(req.input) > config.max_input_chars:
+        raise BadRequest(
+            f"input is {len(req.input)} characters; the limit is {config.max_input_chars}",
+            param="input",
+            code="string_above_max_length",
+        )
+    voice = catalogue.voice(req.voice)
+    fmt = audio.FORMATS[req.response_format]
+    try:
+        rate = audio.output_rate(fmt, voice.sample_rate, req.sample_rate)
+    except ValueError as exc:
+        raise BadRequest(str(exc), param="sample_rate") from None
+    frontend = catalogue.frontends[voice.id]
+    try:
+        sentences = frontend.prepare(req.input)
+    except TextError as exc:
+        raise BadRequest(str(exc), param="input", code="unspeakable_input") from None
+    voicing = Voicing.create(voice, req.speed, req.seed)
+    return RequestContext(call, client, lane, voice, frontend, fmt, rate, sentences, voicing)
+
+
+def unspeakable() -> BadRequest:
+    return BadRequest("input has no speakable text", param="input", code="unspeakable_input")
