@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from serve_app.config import SynthesizerUserConfig
 from serve_app.model.engines.base import Engine, SynthesisItem
 from serve_app.model.profile import PROBE_IDS
 from serve_app.queue.backlog import Backlog
@@ -20,12 +21,20 @@ POISON = 108  # phoneme id of "ʒ" in the packaged voice, as in "treasure"
 
 
 class FakeEngine(Engine):
-    """0.1 s of a constant tone per item (value from the seed); sleeps `delay_s` per batch;
-    fails on any item containing the POISON phoneme id, which fails its whole batch."""
+    """0.1 s of a constant tone per item (value from the seed); sleeps `delay_s` per batch
+    (`probe_delay_s` for the replica's speed probe: a model slower than it measured itself;
+    half of it with a half-precision `decoder_dtype` in the user_config, as a GPU decoder is
+    faster in half precision); fails on any item containing the POISON phoneme id, which
+    fails its whole batch."""
 
-    def __init__(self, voices, delay_s: float = 0.0) -> None:
+    def __init__(self, voices, delay_s: float = 0.0, probe_delay_s: float | None = None) -> None:
         self._voices = [v.id for v in voices]
         self.delay_s = delay_s
+        self.probe_delay_s = delay_s if probe_delay_s is None else probe_delay_s
+        self.speedup = 1.0
+
+    def reconfigure(self, settings: SynthesizerUserConfig) -> None:
+        self.speedup = 1.0 if settings.decoder_dtype == "float32" else 2.0
 
     def load(self, device: str) -> None:
         pass
@@ -38,7 +47,8 @@ class FakeEngine(Engine):
         return 22050
 
     def synthesize(self, items: list[SynthesisItem]) -> list[np.ndarray]:
-        time.sleep(self.delay_s)
+        probe = all(it.phoneme_ids == PROBE_IDS for it in items)
+        time.sleep((self.probe_delay_s if probe else self.delay_s) / self.speedup)
         if any(POISON in it.phoneme_ids for it in items):
             raise RuntimeError("poisoned sentence")
         return [np.full(2205, (it.seed % 100) / 200, dtype=np.float32) for it in items]

@@ -29,3 +29,18 @@ def decode(body: bytes) -> tuple[np.ndarray, int]:
 def pcm16(body: bytes) -> np.ndarray:
     assert len(body) % 2 == 0, "pcm must be whole 16-bit samples"
     return np.frombuffer(body, dtype="<i2").astype(np.float32) / 32767.0
+
+
+def replica_stats(app: str) -> dict:
+    """A model replica's `stats()` (items run, batch size, ...) in app `app`."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("Synthesizer", app_name=app)
+    return handle.stats.remote().result(timeout_s=60)
+
+
+async def replica_stats_async(app: str) -> dict:
+    """`replica_stats` from inside an event loop."""
+    from ray import serve
+
+    return await serve.get_deployment_handle("Synthesizer", app_name=app).stats.remote()

@@ -37,9 +37,9 @@ class SpeedProfile:
     fixed_s: float
     per_item_s: float
 
-    def phonemes_per_s(self, batch: int) -> float:
-        """Throughput with `batch` items in flight (full batches of at most `max_batch`)."""
-        size = max(1, min(batch, self.max_batch))
+    def phonemes_per_s(self, batch: float) -> float:
+        """Throughput in batches of `batch` items (at most `max_batch`)."""
+        size = max(1.0, min(batch, self.max_batch))
         return size * self.phonemes / (self.fixed_s + size * self.per_item_s)
 
 

@@ -31,7 +31,7 @@ class ModelReplicas:
         window_s: float = 30.0,
         on_retry: Callable[[], None] | None = None,
         on_count: Callable[[int], None] | None = None,
-        on_profile: Callable[[SpeedProfile], None] | None = None,
+        on_profile: Callable[[SpeedProfile, int | None], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._handle = handle
@@ -46,9 +46,9 @@ class ModelReplicas:
         self._asked: asyncio.Task[None] | None = None
 
     async def profiled(self) -> None:
-        """A replica's speed profile has been passed on (asked for once, shared by every
-        request that arrives meanwhile); a failure is logged and asked again next time."""
-        if self._asked is None or (self._asked.done() and self._asked.exception()):
+        """A replica's speed profile has been asked for and passed on (one call, shared by
+        every request that arrives meanwhile); a failure is logged and the caller goes on."""
+        if self._asked is None or self._asked.done():
             self._asked = asyncio.create_task(self._ask_profile(), name="chorus-profile")
         with contextlib.suppress(Exception):  # NOTE: then the door decides on measured drain
             await asyncio.shield(self._asked)
@@ -61,7 +61,7 @@ class ModelReplicas:
             logger.warning("No speed profile from a model replica yet: %r", exc)
             raise
         if profile is not None and self._on_profile:
-            self._on_profile(profile)
+            self._on_profile(profile, None)
 
     async def send(self, item: SynthesisItem) -> Any:
         """The item's answer from some replica; a replica's loss is retried, with a short
@@ -86,7 +86,7 @@ class ModelReplicas:
             self._seen[result.replica] = self._clock()
             self._recount()
             if result.profile is not None and self._on_profile:
-                self._on_profile(result.profile)
+                self._on_profile(result.profile, result.batch)
         return result
 
     def _recount(self) -> None:

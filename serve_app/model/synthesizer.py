@@ -170,7 +170,7 @@ class Synthesizer:
             self.metrics.queue_wait.observe(wait)
         share = seconds / len(items)
         return [
-            Synthesized(r, wait, share, self.replica, self.speed)
+            Synthesized(r, wait, share, self.replica, self.speed, len(items))
             if isinstance(r, np.ndarray)
             else r
             for r, wait in zip(results, waits, strict=True)

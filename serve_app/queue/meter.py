@@ -5,8 +5,12 @@ with its length, so "phonemes ahead / phonemes drained per second" is an honest 
 "items ahead" is not. Two sources of the rate:
 
 - **Measured before it guesses**: each model replica times probe batches while it warms up
-  (`model.profile`) and hands its profile to the ingress, first on request, then with every
-  answer. A cold server has a rate from its first request.
+  (`model.profile`) and hands its profile to the ingress with every answer; before admitting
+  a request while idle or after a quiet spell (`PROFILE_FRESH_S`) the ingress asks for one,
+  so a cold start, a config change or a roll that no answer has shown yet is known before
+  the next burst is admitted. A cold server has a rate from its first request: the probe's
+  speed at the batch size the replicas' answers show lately (one item until they show any;
+  how full batches get depends on the load, not only on the settings).
 - **Measured drain**: phonemes finished per second of busy time (time with work outstanding:
   an idle hour does not read as a slow server). It takes over from the profiles as busy time
   accumulates (`TAKEOVER_S`), and its evidence is dropped when the replicas change (a new
@@ -27,6 +31,8 @@ from collections.abc import Callable
 
 from serve_app.model.profile import SpeedProfile
 
+BATCH_DECAY = 0.98  # weight of the batch sizes seen before each answer
+PROFILE_FRESH_S = 2.0  # a profile no answer confirmed for this long is asked for again
 TAKEOVER_S = 10.0  # busy seconds of measured drain after which it alone is the rate
 # Without a profile, busy seconds of measured drain before it may refuse anyone: a few lone
 # short items read the model slower than it is (fixed costs per item).
@@ -59,15 +65,20 @@ class Meter:
         self._busy_since = 0.0
         self._done: deque[tuple[float, int, float]] = deque()  # (busy clock, phonemes, model s)
         self._evidence_from = 0.0  # busy clock when the evidence last started afresh
+        self._items_seen = self._batches_seen = 0.0  # recent answers, and the batches they ran in
 
     # -- evidence -------------------------------------------------------------------------
 
-    def learn_profile(self, profile: SpeedProfile) -> None:
-        """A replica's profile: a new replica or new settings start the evidence afresh."""
+    def learn_profile(self, profile: SpeedProfile, batch: int | None = None) -> None:
+        """A replica's profile, and the size of a batch it ran (with an answer): a new
+        replica or new settings start the evidence afresh."""
         known = self._profiles.get(profile.replica)
         self._profiles[profile.replica] = (profile, self.clock())
         if known is None or known[0] != profile:
             self._forget()
+        if batch:  # NOTE: per item, so a batch of b counts 1/b batches: items / batches
+            self._items_seen = self._items_seen * BATCH_DECAY + 1
+            self._batches_seen = self._batches_seen * BATCH_DECAY + 1 / batch
 
     def set_replicas(self, count: int) -> None:
         """Model replicas answering lately (they come and go): the evidence starts afresh."""
@@ -76,12 +87,19 @@ class Meter:
             self._forget()
 
     def _forget(self) -> None:
+        self._items_seen = self._batches_seen = 0.0
         self._done.clear()
         self._evidence_from = self._busy_clock()
 
     @property
     def profiled(self) -> bool:
         return bool(self._profiles)
+
+    def profile_age_s(self) -> float:
+        """Seconds since a replica last confirmed its profile (inf: never)."""
+        if not self._profiles:
+            return float("inf")
+        return self.clock() - max(seen for _, seen in self._profiles.values())
 
     def added(self) -> None:
         """An item entered the queue."""
@@ -129,11 +147,19 @@ class Meter:
             return None
         latest = max(seen for _, seen in self._profiles.values())
         rates = [
-            p.phonemes_per_s(self.batch)
+            p.phonemes_per_s(self.batch_size())
             for p, seen in self._profiles.values()
             if seen >= latest - self.window_s  # NOTE: a rolled-away replica stops answering
         ]
         return PROFILE_SHARE * self._replicas * sum(rates) / len(rates)
+
+    def batch_size(self) -> float:
+        """The batches the replicas run lately: 1 until answers show them (how full they get
+        depends on the load and the serving layer, not only on the settings), at most the
+        items in flight per replica."""
+        if not self._batches_seen:
+            return 1.0
+        return min(self.batch, self._items_seen / self._batches_seen)
 
     def measured(self) -> tuple[float | None, float]:
         """Measured drain over the last `window_s` of busy time, and that busy time.

@@ -31,7 +31,7 @@ from serve_app.model.replicas import ModelReplicas
 from serve_app.protocol import SentenceTiming, SpeechWithTimings
 from serve_app.queue.door import Door
 from serve_app.queue.keys import Client
-from serve_app.queue.meter import rounded
+from serve_app.queue.meter import PROFILE_FRESH_S, rounded
 from serve_app.speech import audio
 from serve_app.speech.context import Catalogue, RequestContext, SpeechCall, plan, unspeakable
 from serve_app.speech.ordering import Spoken, ordered_audio, paced, render, spoken
@@ -68,8 +68,11 @@ class SpeechService:
         """The answer to one speech request, or a raised `ChorusError`."""
         lane = self.door.lane(client, call.asked_lane)
         ctx = plan(call, client.name, lane, self.catalogue, self.config)
-        if not self.door.meter.profiled:
-            await self.replicas.profiled()  # NOTE: once, before the first request is admitted
+        if not self.door.backlog.requests or self.door.meter.profile_age_s() > PROFILE_FRESH_S:
+            # NOTE: when idle or quiet, the replicas may have new settings (or be new) that no
+            # answer has shown yet: ask their speed before admitting anyone (one call, shared
+            # by the requests of a burst).
+            await self.replicas.profiled()
         ctx.work = self.door.admit(client, ctx.lane, len(ctx.request.input), ctx.deadline)
         events = self.speak(ctx)
         # NOTE: a stream whose body never starts (client gone first) never runs `speak`'s

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from ray import serve
 
+from tests.helpers import replica_stats, replica_stats_async
 from tests.integration.conftest import assert_envelope, fake_app, sse_events
 
 pytestmark = pytest.mark.timeout(180)
@@ -53,15 +53,6 @@ def sentences(n: int, tag: str = "") -> str:
     return " ".join(f"Sentence {tag}{i} is here." for i in range(n))
 
 
-def items_run(app: str) -> int:
-    handle = serve.get_deployment_handle("Synthesizer", app_name=app)
-    return handle.stats.remote().result(timeout_s=60)["items"]
-
-
-async def items_run_async(app: str) -> int:
-    return (await serve.get_deployment_handle("Synthesizer", app_name=app).stats.remote())["items"]
-
-
 async def timed(c: httpx.AsyncClient, tag: str, json: dict, **kw) -> tuple[str, httpx.Response]:
     return tag, await c.post("/v1/audio/speech", json=json, **kw)
 
@@ -84,16 +75,16 @@ def test_burst_at_4x_capacity_is_answered_at_once_and_accepted_work_completes(
 
         async def run() -> list[tuple[str, httpx.Response]]:
             async with httpx.AsyncClient(base_url=url, timeout=60) as c:
-                # a fresh app has no measured rate: a deadline it misses is a 504, and the
-                # request's queued sentences are dropped, never synthesized
+                # a fresh app knows its model's speed (the replica's probe): a deadline it
+                # cannot meet is refused at once, and none of its sentences is synthesized
+                ran = (await replica_stats_async("burst"))["items"]
                 tag, late = await timed(
                     c, "late", body(sentences(10)), headers={"X-Chorus-Deadline": "0.7"}
                 )
-                assert_envelope(late, 504)
-                ran = await items_run_async("burst")
-                await asyncio.sleep(1.5)
-                assert await items_run_async("burst") == ran <= 3
-                for i in range(4):  # 2 s of busy time: enough measured to refuse by
+                assert assert_envelope(late, 503)["code"] == "deadline_unmeetable"
+                await asyncio.sleep(0.5)
+                assert (await replica_stats_async("burst"))["items"] == ran == 0
+                for i in range(4):  # 2 s of busy time: measured drain joins the probe
                     _, r = await timed(c, "warm", body(f"Warm up {i}."))
                     assert r.status_code == 200
                 finished: list[tuple[str, httpx.Response]] = []
@@ -188,13 +179,14 @@ def test_a_deadline_the_queue_cannot_meet_is_refused_at_once_and_never_synthesiz
             )
             return [hurried, *(await asyncio.gather(*busy))]
 
-    before = items_run("door")
+    before = replica_stats("door")["items"]
     (_, hurried), *busy = asyncio.run(run())
     error = assert_envelope(hurried, 503)
     assert error["code"] == "deadline_unmeetable" and int(hurried.headers["retry-after"]) >= 1
     assert [r.status_code for _, r in busy] == [200] * 4
     time.sleep(0.5)
-    assert items_run("door") - before == 12  # the busy requests' 12 sentences and no more
+    # the busy requests' 12 sentences and no more
+    assert replica_stats("door")["items"] - before == 12
 
 
 def test_keys_are_required_except_for_health_and_never_logged(door: str) -> None:

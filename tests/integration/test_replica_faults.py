@@ -6,20 +6,15 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from ray import serve
 
 from tests.fakes import FaultyEngine
+from tests.helpers import replica_stats
 from tests.integration.conftest import assert_envelope, fake_app, speak_all
 
 pytestmark = pytest.mark.timeout(180)
 
 SHORT = [f"Number {n} is here." for n in ("one", "two", "three", "four", "five", "six")]
 LONG = "This single sentence goes on and on " + "and on " * 30 + "until it ends."
-
-
-def stats(app: str) -> dict:
-    handle = serve.get_deployment_handle("Synthesizer", app_name=app)
-    return handle.stats.remote().result(timeout_s=60)
 
 
 def test_out_of_memory_splits_batches_lowers_the_cap_and_fails_only_what_cannot_fit(
@@ -37,10 +32,10 @@ def test_out_of_memory_splits_batches_lowers_the_cap_and_fails_only_what_cannot_
             asyncio.run(speak_all(url, [t], [s]))[0] for t, s in zip(SHORT, seeds, strict=True)
         ]
         assert [r.status_code for r in together] == [200] * 6, [r.text for r in together]
-        after_split = stats("oom")
+        after_split = replica_stats("oom")
         # A sentence too long to fit even alone: 413 for it, audio for the others.
         mixed = asyncio.run(speak_all(url, [LONG, *SHORT[1:3]], [7, 8, 9]))
-        after_long = stats("oom")
+        after_long = replica_stats("oom")
     # The 6-item batch ran out of memory; its halves (3) too; then pairs fit.
     assert after_split["out_of_memory"] >= 2
     assert after_split["max_batch_size"] == 2
@@ -67,9 +62,9 @@ def test_a_wedged_replica_fails_its_health_check_and_its_items_run_on_the_next(
         health_check_timeout_s=5,
         graceful_shutdown_timeout_s=1,
     ) as url:
-        before = stats("wedged")
+        before = replica_stats("wedged")
         responses = asyncio.run(speak_all(url, SHORT[:2], [1, 2]))
-        after = stats("wedged")
+        after = replica_stats("wedged")
     assert flag.exists()  # the first batch did hang
     assert [r.status_code for r in responses] == [200, 200], [r.text for r in responses]
     assert after["replica"] != before["replica"]

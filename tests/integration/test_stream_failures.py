@@ -9,8 +9,9 @@ import time
 
 import httpx
 import pytest
-from ray import serve
 
+from tests.fakes import FakeEngine
+from tests.helpers import replica_stats
 from tests.integration.conftest import assert_envelope, fake_app, sse_events
 
 pytestmark = pytest.mark.timeout(120)
@@ -22,11 +23,6 @@ ONE_AT_A_TIME = {"user_config": {"max_batch_size": 1}}
 
 def body(text: str, **fields) -> dict:
     return {"model": "tts-1", "voice": "alloy", "input": text, "response_format": "pcm", **fields}
-
-
-def items_run(app: str) -> int:
-    handle = serve.get_deployment_handle("Synthesizer", app_name=app)
-    return handle.stats.remote().result(timeout_s=60)["items"]
 
 
 def test_sse_reports_queue_position_then_heartbeats(server: str) -> None:
@@ -119,7 +115,9 @@ def test_chunked_audio_failure_is_an_error_status_before_start_and_a_cut_after(
 
 def test_past_deadline_gets_504_and_queued_items_never_run(server: str) -> None:
     args = {"request_timeout_s": 1.0}
-    with fake_app(server, "deadline", args, delay_s=0.3, **ONE_AT_A_TIME) as url:
+    # a model far slower than its own probe said: the door admits what it cannot finish
+    engine = (FakeEngine, {"delay_s": 0.3, "probe_delay_s": 0.001})
+    with fake_app(server, "deadline", args, engine=engine, **ONE_AT_A_TIME) as url:
 
         async def five() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=url, timeout=60) as c:
@@ -130,8 +128,8 @@ def test_past_deadline_gets_504_and_queued_items_never_run(server: str) -> None:
         responses = asyncio.run(five())
         for r in responses:
             assert assert_envelope(r, 504)["code"] == "deadline_exceeded"
-        settled = items_run("deadline")
+        settled = replica_stats("deadline")["items"]
         time.sleep(1.5)
         # ~1 s of work at 0.3 s an item, plus the one running when time ran out; without
         # cancellation the 10 items the five requests had queued would all run.
-        assert items_run("deadline") == settled <= 6
+        assert replica_stats("deadline")["items"] == settled <= 6

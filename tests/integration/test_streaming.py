@@ -12,19 +12,13 @@ import pytest
 from openai import OpenAI
 from ray import serve
 
-from tests.helpers import TEXTS, decode, pcm16
+from tests.helpers import TEXTS, decode, pcm16, replica_stats
 from tests.integration.conftest import speech, sse_events
 
 pytestmark = pytest.mark.timeout(240)
 
 TEN = " ".join([*TEXTS, "And that makes ten sentences in all."])
 BODY = {"model": "tts-1", "voice": "alloy", "input": TEN, "response_format": "pcm", "seed": 21}
-
-
-def items_synthesized() -> int:
-    """The replica-side count of sentence items the engine has run."""
-    handle = serve.get_deployment_handle("Synthesizer", app_name="chorus")
-    return handle.stats.remote().result(timeout_s=60)["items"]
 
 
 def live_tasks() -> dict[str, int]:
@@ -93,12 +87,12 @@ def test_timings_come_as_json_beside_whole_audio(client) -> None:
 
 
 def test_first_audio_arrives_while_later_sentences_are_still_pending(client, server) -> None:
-    before = items_synthesized()
+    before = replica_stats("chorus")["items"]
     with client.stream("POST", "/v1/audio/speech", json={**BODY, "stream_format": "sse"}) as r:
         events = sse_events(r.iter_lines())
         assert next(events)["type"] == "speech.queue"
         assert next(events)["type"] == "speech.audio.delta"
-        done_at_first_audio = items_synthesized() - before
+        done_at_first_audio = replica_stats("chorus")["items"] - before
         queue_at_first_audio = httpx.get(f"{server}/v1/queue").json()
         tasks_at_first_audio = live_tasks()
         rest = [e["type"] for e in events]
@@ -106,7 +100,7 @@ def test_first_audio_arrives_while_later_sentences_are_still_pending(client, ser
     assert queue_at_first_audio["requests"] == 1
     assert tasks_at_first_audio["chorus-speech"] == 1  # the request's own pipeline task
     assert rest.count("speech.sentence") == 10 and rest[-1] == "speech.audio.done"
-    assert items_synthesized() - before == 10
+    assert replica_stats("chorus")["items"] - before == 10
 
 
 async def leave_after_first_audio(server: str, stream_format: str, seed: int) -> None:
@@ -122,7 +116,7 @@ async def leave_after_first_audio(server: str, stream_format: str, seed: int) ->
 
 
 def test_clients_that_leave_after_first_audio_leave_no_work_behind(client, server) -> None:
-    before = items_synthesized()
+    before = replica_stats("chorus")["items"]
 
     async def twenty() -> None:
         await asyncio.gather(
@@ -134,9 +128,9 @@ def test_clients_that_leave_after_first_audio_leave_no_work_behind(client, serve
     while (queue := client.get("/v1/queue").json())["items"] or queue["requests"]:
         assert time.monotonic() < deadline, f"work left behind: {queue}"
         time.sleep(0.2)
-    settled = items_synthesized()
+    settled = replica_stats("chorus")["items"]
     time.sleep(2.0)
-    assert items_synthesized() == settled  # the counter stopped growing
+    assert replica_stats("chorus")["items"] == settled  # the counter stopped growing
     assert live_tasks() == {}  # no orphan tasks in the ingress
     # 20 clients x 10 sentences would be 200 items; each got its first sentence and left.
     print("LEFT-ITEMS", settled - before)

@@ -40,6 +40,7 @@ class Synthesized:
     model_s: float  # its share of its batch's model time
     replica: str = ""  # id of the model replica that made it
     profile: SpeedProfile | None = None  # that replica's speed, for the ingress's meter
+    batch: int = 1  # items in the batch it ran in
 
 
 class Engine(ABC):
