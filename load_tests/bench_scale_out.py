@@ -23,9 +23,9 @@ import time
 import aiohttp
 import httpx
 
+from load_tests import load
 from load_tests import servers as srv
 from load_tests.common import machine, save
-from load_tests.compare import closed_loop
 from load_tests.local import deploy_args, free_port, settled
 from load_tests.texts import request_texts
 from serve_app.app import bind_app
@@ -45,8 +45,10 @@ async def measure(url: str, port: int, args: argparse.Namespace) -> dict:
     texts = request_texts(400, seed=7)
     timeout = aiohttp.ClientTimeout(total=None)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        await closed_loop(session, server, texts[:8], args.clients, 5, 120)  # warm-up
-        return await closed_loop(session, server, texts, args.clients, args.seconds, 120)
+        await load.closed_loop(load.asker(session, server, texts[:8], 120), args.clients, 5)
+        return await load.closed_loop(
+            load.asker(session, server, texts, 120), args.clients, args.seconds
+        )
 
 
 def main() -> None:

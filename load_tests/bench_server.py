@@ -2,9 +2,9 @@
 
     python -m load_tests.bench_server [--clients 1,4,16] [--seconds 30] [--format mp3]
 
-Each client sends one- to three-sentence requests back to back (fresh seed each time, so
-lengths are unseen as in real traffic). Served throughput is compared with the engine
-alone on the same machine, in the same run.
+Each client (`load.closed_loop`) sends one- to three-sentence requests back to back (a fresh
+seed each time, so lengths are unseen as in real traffic). Served throughput is compared with
+the engine alone on the same machine, in the same run.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ import asyncio
 import random
 import time
 
-import httpx
+import aiohttp
 
-from load_tests.common import machine, median, pct, save
+from load_tests import load
+from load_tests.common import machine, save
 from load_tests.local import deploy_args, running_chorus
+from load_tests.report import Answer
 from load_tests.texts import SENTENCES
 from serve_app.app import build_app
 from serve_app.config import VoiceSource
@@ -47,45 +49,26 @@ def direct_engine(seconds: float, batch: int) -> float:
     return samples / info.sample_rate / (time.perf_counter() - start)
 
 
-async def client_loop(c: httpx.AsyncClient, stop: float, fmt: str, rng: random.Random, out: dict):
-    while time.perf_counter() < stop:
+async def measure(url: str, clients: int, seconds: float, fmt: str) -> dict:
+    """`clients` closed-loop clients for `seconds`, each request one to three sentences."""
+    rng = random.Random(clients)
+
+    async def ask(i: int) -> Answer:
         text = " ".join(rng.sample(SENTENCES, rng.randint(1, 3)))
-        t0 = time.perf_counter()
-        r = await c.post(
-            "/v1/audio/speech",
-            json={
-                "model": "tts-1",
-                "voice": "alloy",
-                "input": text,
-                "response_format": fmt,
-                "seed": rng.randrange(2**31),
-            },
-        )
-        if r.status_code == 200:
-            out["latency"].append(time.perf_counter() - t0)
-            out["audio"] += float(r.headers["x-chorus-audio-seconds"])
-        else:
-            out["errors"].append(r.status_code)
+        body = {"model": "tts-1", "voice": "alloy", "input": text, "response_format": fmt}
+        return await load.post(session, url + "/v1/audio/speech", body | {"seed": i}, 600)
 
-
-async def load(url: str, clients: int, seconds: float, fmt: str) -> dict:
-    out = {"latency": [], "audio": 0.0, "errors": []}
-    async with httpx.AsyncClient(base_url=url, timeout=600) as c:
-        start = time.perf_counter()
-        stop = start + seconds
-        await asyncio.gather(
-            *(client_loop(c, stop, fmt, random.Random(k), out) for k in range(clients))
-        )
-        elapsed = time.perf_counter() - start
-    lat = out["latency"]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        result = await load.closed_loop(ask, clients, seconds)
+    latency = result["latency_s"]
     return {
         "clients": clients,
-        "requests": len(lat),
-        "errors": len(out["errors"]),
-        "audio_s_per_s": out["audio"] / elapsed,
-        "p50_s": median(lat),
-        "p95_s": pct(lat, 95),
-        "p99_s": pct(lat, 99),
+        "requests": result["ok"],
+        "errors": result["sent"] - result["ok"],
+        "audio_s_per_s": result["audio_s_per_s"],
+        "p50_s": latency["p50"],
+        "p95_s": latency["p95"],
+        "p99_s": latency["p99"],
     }
 
 
@@ -103,9 +86,9 @@ def main() -> None:
     rows = []
     app_args = {**deploy_args(), "cpu_threads": args.cpu_threads}
     with running_chorus(build_app(app_args)) as url:
-        asyncio.run(load(url, 2, 5, args.format))  # warm-up
+        asyncio.run(measure(url, 2, 5, args.format))  # warm-up
         for n in map(int, args.clients.split(",")):
-            row = asyncio.run(load(url, n, args.seconds, args.format))
+            row = asyncio.run(measure(url, n, args.seconds, args.format))
             row["served_vs_direct"] = row["audio_s_per_s"] / direct
             rows.append(row)
             print(

@@ -24,115 +24,27 @@ import argparse
 import asyncio
 import itertools
 import os
-import random
 import tempfile
 import time
 from collections import Counter
-from contextlib import suppress
 from pathlib import Path
 
 import aiohttp
 
+from load_tests import load
 from load_tests import report as rep
 from load_tests import servers as srv
 from load_tests.common import RESULTS, machine, save
-from load_tests.report import REFUSALS, Answer
+from load_tests.report import Answer
 from load_tests.texts import request_texts
 from serve_app.config import VoiceSource
-
-
-async def ask(
-    session: aiohttp.ClientSession, server: srv.Server, text: str, seed: int, timeout_s: float
-) -> Answer:
-    t0 = time.perf_counter()
-    first = None
-    try:
-        async with asyncio.timeout(timeout_s):
-            async with session.post(
-                server.url + server.speech_path, json=server.body(text, seed)
-            ) as r:
-                if r.status != 200:
-                    await r.read()
-                    wait = float(r.headers.get("retry-after", 1))
-                    return Answer(r.status, time.perf_counter() - t0, retry_after_s=wait)
-                chunks = []
-                async for chunk in r.content.iter_any():
-                    first = first or time.perf_counter() - t0
-                    chunks.append(chunk)
-    except TimeoutError:
-        return Answer("timeout", time.perf_counter() - t0)
-    except aiohttp.ClientError:
-        return Answer("error", time.perf_counter() - t0)
-    return Answer(200, time.perf_counter() - t0, first, rep.wav_seconds(b"".join(chunks)))
-
-
-async def one_at_a_time(session, server, texts: list[str], timeout_s: float) -> dict:
-    start = time.perf_counter()
-    answers = [await ask(session, server, t, i, timeout_s) for i, t in enumerate(texts)]
-    return rep.summarize(answers, time.perf_counter() - start)
-
-
-async def closed_loop(
-    session, server, texts: list[str], clients: int, seconds: float, timeout_s: float
-) -> dict:
-    answers: list[Answer] = []
-    order = itertools.count()
-    end = time.perf_counter() + seconds
-
-    async def client() -> None:
-        while time.perf_counter() < end:
-            i = next(order)
-            answer = await ask(session, server, texts[i % len(texts)], i, timeout_s)
-            answers.append(answer)
-            if answer.status in REFUSALS:
-                await asyncio.sleep(answer.retry_after_s)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(clients)))
-    return rep.summarize(answers, time.perf_counter() - start) | {"clients": clients}
-
-
-async def open_loop(
-    session, server, texts: list[str], rate: float, seconds: float, timeout_s: float, seed: int
-) -> dict:
-    """Poisson arrivals at `rate`/s, their times fixed in advance: a slow answer delays no one."""
-    rng = random.Random(seed)
-    tasks = []
-    floor: list[float] = []
-    prober = asyncio.create_task(probe(session, server.url + server.floor_path, floor))
-    start = time.perf_counter()
-    due = 0.0
-    for i in itertools.count():
-        if due >= seconds:
-            break
-        await asyncio.sleep(max(0.0, start + due - time.perf_counter()))
-        tasks.append(asyncio.create_task(ask(session, server, texts[i % len(texts)], i, timeout_s)))
-        due += rng.expovariate(rate)
-    answers = await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - start
-    prober.cancel()
-    return rep.summarize(answers, elapsed) | {
-        "offered_per_s": round(rate, 3),
-        "floor_ms": rep.spread(floor, 1000, 1),
-    }
-
-
-async def probe(session: aiohttp.ClientSession, url: str, out: list[float]) -> None:
-    """GET `url` every 100 ms: the floor under a refusal's latency at that moment."""
-    while True:
-        t0 = time.perf_counter()
-        with suppress(aiohttp.ClientError):
-            async with session.get(url) as r:
-                await r.read()
-            out.append(time.perf_counter() - t0)
-        await asyncio.sleep(0.1)
 
 
 async def settle(session, server, timeout_s: float, limit_s: float = 90) -> None:
     """Wait until a one-word request is answered quickly: abandoned work has drained."""
     end = time.perf_counter() + limit_s
     while time.perf_counter() < end:
-        answer = await ask(session, server, "Yes.", 0, timeout_s)
+        answer = await load.ask(session, server, "Yes.", 0, timeout_s)
         if answer.status == 200 and answer.latency_s < 1.0:
             return
         await asyncio.sleep(1)
@@ -142,30 +54,26 @@ async def measure(server: srv.Server, args: argparse.Namespace) -> dict:
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         for text in request_texts(3, seed=99):  # warm-up
-            await ask(session, server, text, 0, args.timeout)
+            await load.ask(session, server, text, 0, args.timeout)
         out = {"label": server.label}
-        out["unloaded"] = await one_at_a_time(
-            session, server, request_texts(args.unloaded, 1), args.timeout
-        )
+        unloaded = load.asker(session, server, request_texts(args.unloaded, 1), args.timeout)
+        out["unloaded"] = await load.one_at_a_time(unloaded, args.unloaded)
         print(f"  unloaded: {brief(out['unloaded'])}", flush=True)
         cpu0, t0 = cpu_now(server), time.perf_counter()
-        texts = request_texts(2000, seed=2)
-        out["closed"] = await closed_loop(
-            session, server, texts, args.clients, args.closed_seconds, args.timeout
-        )
+        ask = load.asker(session, server, request_texts(2000, seed=2), args.timeout)
+        out["closed"] = await load.closed_loop(ask, args.clients, args.closed_seconds)
         out["cpu_cores_at_capacity"] = cores_used(cpu_now(server) - cpu0, time.perf_counter() - t0)
         print(f"  {args.clients} clients: {brief(out['closed'])}", flush=True)
         print(f"  CPU cores by process: {out['cpu_cores_at_capacity']}", flush=True)
         capacity = out["closed"]["ok_per_s"]
         out["open"] = {}
-        for k, load in enumerate(args.loads):
+        for k, times in enumerate(args.loads):
             await settle(session, server, args.timeout)
-            texts = request_texts(2000, seed=10 + k)
-            result = await open_loop(
-                session, server, texts, load * capacity, args.open_seconds, args.timeout, k
-            )
-            out["open"][f"{load:g}"] = result
-            print(f"  {load:g}x ({load * capacity:.2f}/s): {brief(result)}", flush=True)
+            ask = load.asker(session, server, request_texts(2000, seed=10 + k), args.timeout)
+            floor = load.getter(session, server.url + server.floor_path)
+            result = await load.open_loop(ask, times * capacity, args.open_seconds, k, floor)
+            out["open"][f"{times:g}"] = result
+            print(f"  {times:g}x ({times * capacity:.2f}/s): {brief(result)}", flush=True)
     return out
 
 

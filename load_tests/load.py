@@ -1,0 +1,138 @@
+"""The one load generator every benchmark uses: one request at a time, closed-loop clients,
+open-loop Poisson arrivals, and a probe of what any request costs at that moment.
+
+Each takes `ask(i) -> Answer` (request number `i`; `asker` makes one that speaks a list of
+texts to a server, streamed or whole, as `servers.Server` says) and returns the answers,
+summarised by `report.summarize`."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+
+from load_tests import report as rep
+from load_tests import servers as srv
+from load_tests.report import REFUSALS, Answer
+
+Ask = Callable[[int], Awaitable[Answer]]
+
+
+async def ask(
+    session: aiohttp.ClientSession, server: srv.Server, text: str, seed: int, timeout_s: float
+) -> Answer:
+    """`text` spoken by `server` (with `seed`), as its `body` says."""
+    return await post(session, server.url + server.speech_path, server.body(text, seed), timeout_s)
+
+
+async def post(session: aiohttp.ClientSession, url: str, body: dict, timeout_s: float) -> Answer:
+    """One speech request, read to its last byte: its status, latency, first audio byte and
+    audio seconds (Chorus's X-Chorus-Audio-Seconds, else the WAV's length)."""
+    t0 = time.perf_counter()
+    first = None
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with session.post(url, json=body) as r:
+                if r.status != 200:
+                    await r.read()
+                    wait = float(r.headers.get("retry-after", 1))
+                    return Answer(r.status, time.perf_counter() - t0, retry_after_s=wait)
+                chunks = []
+                async for chunk in r.content.iter_any():
+                    first = first or time.perf_counter() - t0
+                    chunks.append(chunk)
+                told = r.headers.get("x-chorus-audio-seconds")
+    except TimeoutError:
+        return Answer("timeout", time.perf_counter() - t0)
+    except aiohttp.ClientError:
+        return Answer("error", time.perf_counter() - t0)
+    audio_s = float(told) if told else rep.wav_seconds(b"".join(chunks))
+    return Answer(200, time.perf_counter() - t0, first, audio_s)
+
+
+def asker(
+    session: aiohttp.ClientSession, server: srv.Server, texts: list[str], timeout_s: float
+) -> Ask:
+    """`ask(i)`: request `i` speaks `texts[i % len(texts)]` with seed `i`."""
+
+    def ask_one(i: int) -> Awaitable[Answer]:
+        return ask(session, server, texts[i % len(texts)], i, timeout_s)
+
+    return ask_one
+
+
+def getter(session: aiohttp.ClientSession, url: str) -> Callable[[], Awaitable[None]]:
+    """A GET of `url`, read to the end (a probe's request)."""
+
+    async def get() -> None:
+        async with session.get(url) as r:
+            await r.read()
+
+    return get
+
+
+async def one_at_a_time(ask: Ask, count: int) -> dict:
+    start = time.perf_counter()
+    answers = [await ask(i) for i in range(count)]
+    return rep.summarize(answers, time.perf_counter() - start)
+
+
+async def closed_loop(ask: Ask, clients: int, seconds: float) -> dict:
+    """`clients` clients, each sending its next request when the last is answered (after
+    waiting the Retry-After of a refusal), for `seconds`."""
+    answers: list[Answer] = []
+    order = itertools.count()
+    end = time.perf_counter() + seconds
+
+    async def client() -> None:
+        while time.perf_counter() < end:
+            answer = await ask(next(order))
+            answers.append(answer)
+            if answer.status in REFUSALS:
+                await asyncio.sleep(answer.retry_after_s)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return rep.summarize(answers, time.perf_counter() - start) | {"clients": clients}
+
+
+async def open_loop(
+    ask: Ask, rate: float, seconds: float, seed: int, floor: Callable[[], Awaitable[None]]
+) -> dict:
+    """Poisson arrivals at `rate`/s for `seconds`, their times fixed in advance (a slow answer
+    delays no one); beside them `floor()` is timed every 100 ms."""
+    rng = random.Random(seed)
+    tasks = []
+    floors: list[float] = []
+    prober = asyncio.create_task(probe(floor, floors))
+    start = time.perf_counter()
+    due = 0.0
+    for i in itertools.count():
+        if due >= seconds:
+            break
+        await asyncio.sleep(max(0.0, start + due - time.perf_counter()))
+        tasks.append(asyncio.create_task(ask(i)))
+        due += rng.expovariate(rate)
+    answers = await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    prober.cancel()
+    return rep.summarize(answers, elapsed) | {
+        "offered_per_s": round(rate, 3),
+        "floor_ms": rep.spread(floors, 1000, 1),
+    }
+
+
+async def probe(request: Callable[[], Awaitable[None]], out: list[float]) -> None:
+    """Time `request()` every 100 ms: the floor under a refusal's latency at that moment."""
+    while True:
+        t0 = time.perf_counter()
+        try:
+            await request()
+            out.append(time.perf_counter() - t0)
+        except Exception:  # noqa: BLE001 - a failed probe is no floor
+            pass
+        await asyncio.sleep(0.1)
