@@ -56,7 +56,6 @@ class Backlog:
         self.meter = meter
         self.lanes = lanes
         self.capacity = capacity  # items in flight to the replicas at most
-        self._clock = meter.clock
         self._on_change = on_change  # (items outstanding, whether one was just cancelled)
         self._tickets = itertools.count()
         self._outstanding: dict[int, Tracked] = {}  # in submission order
@@ -106,7 +105,7 @@ class Backlog:
         if lane_node is None:
             return []
         before = work.first if work else None
-        mark = (work.arrival if work else self._clock(), before if before is not None else inf)
+        mark = (work.arrival if work else self.meter.clock(), before if before is not None else inf)
         mine = lane_node.children.get(work.client) if work else None
         ahead: list[Tracked] = []
         if mine:  # its own key's items that are due before its first
