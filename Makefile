@@ -2,10 +2,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Installed: what the server needs; then the dev extra (tests, benchmarks, lint).
+SERVING := $(VENV)/.installed-serving
 STAMP := $(VENV)/.installed
 
 .PHONY: serve test lint bench browser
-serve: $(STAMP)  ## the server with the packaged voice on http://127.0.0.1:8000
+serve: $(SERVING)  ## the server with the packaged voice on http://127.0.0.1:8000
 	$(BIN)/serve run deploy/serve_config.yaml
 
 test: $(STAMP) browser  ## lint, then every test (the cluster tests start a Ray cluster of their own)
@@ -26,7 +28,11 @@ browser:  ## Debian's Chromium, for the playground's browser test (which skips w
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
 	  >/dev/null; } || echo "No Chromium could be installed: the browser test will be skipped."
 
-$(STAMP): pyproject.toml constraints.txt
+$(SERVING): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e .
+	touch $@
+
+$(STAMP): $(SERVING)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $@

@@ -5,6 +5,7 @@ This is the one module that reads environment variables.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import logging
@@ -42,20 +43,29 @@ Lane = Literal["interactive", "batch"]
 LANE_NAMES: tuple[str, ...] = get_args(Lane)
 
 
-class _Warned(BaseModel):
-    """Base model that warns about (and drops) unknown keys instead of silently ignoring them."""
+class _Strict(BaseModel):
+    """Base model that refuses unknown keys, naming the closest known one: a typo in a serve
+    config fails the deploy instead of silently running with a default."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
-    @model_validator(mode="after")
-    def _warn_unknown(self) -> _Warned:
-        for key in list(self.model_extra or {}):
-            logger.warning("Ignoring unknown %s key %r", type(self).__name__, key)
-            del self.model_extra[key]
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            known = set(cls.model_fields)
+            for key in data:
+                if isinstance(key, str) and key not in known:
+                    close = difflib.get_close_matches(key, sorted(known), n=1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    raise ValueError(
+                        f"unknown {cls.__name__} key {key!r}{hint}; known keys: "
+                        f"{', '.join(sorted(known))}"
+                    )
+        return data
 
 
-class VoiceSource(_Warned):
+class VoiceSource(_Strict):
     """Where a Piper voice comes from: an installed voice package or a local .onnx file."""
 
     id: str = Field(pattern=VOICE_ID_PATTERN, description="Voice id used in requests.")
@@ -84,7 +94,7 @@ class VoiceSource(_Warned):
         return self.model_path, self.config_path or Path(f"{self.model_path}.json")
 
 
-class Limits(_Warned):
+class Limits(_Strict):
     """What one API key may do. A limit set to null is off."""
 
     requests_per_s: float | None = Field(
@@ -105,7 +115,7 @@ class Limits(_Warned):
 UNLIMITED = {"requests_per_s": None, "chars_per_s": None, "max_concurrent": None}
 
 
-class ApiKey(_Warned):
+class ApiKey(_Strict):
     """One API key. Give its SHA-256 (`python -m serve_app.queue.keys new` makes a key and its
     hash); a plain `key` is hashed when the config is read and never kept."""
 
@@ -138,7 +148,7 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-class AppConfig(_Warned):
+class AppConfig(_Strict):
     """Arguments of `serve_app.app:build_app` (the `args:` block of a serve config)."""
 
     voices: list[VoiceSource] = Field(
@@ -146,10 +156,17 @@ class AppConfig(_Warned):
         min_length=1,
         description="Voices to serve; the first is the default.",
     )
-    voice_aliases: dict[str, str] | None = Field(
-        None,
-        description="Extra names for voices (alias -> voice id). Default: every OpenAI voice "
-        "name (alloy, echo, ...) is an alias of the first voice.",
+    voice_aliases: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra names for voices (alias -> voice id, or 'voice_id:speaker' for one "
+        "speaker of a multi-speaker voice). They add to the OpenAI names (see "
+        "openai_voice_names) and may re-point any of them.",
+    )
+    openai_voice_names: bool = Field(
+        True,
+        description="Every OpenAI voice name (alloy, echo, ...) not in voice_aliases is an "
+        "alias of the first voice, so OpenAI clients work unchanged. false: only "
+        "voice_aliases.",
     )
     models: list[str] = Field(
         default_factory=lambda: ["tts-1", "tts-1-hd", "gpt-4o-mini-tts", "chorus-piper"],
@@ -258,10 +275,8 @@ class AppConfig(_Warned):
         ids = [v.id for v in self.voices]
         if len(set(ids)) != len(ids):
             raise ValueError(f"duplicate voice ids in {ids}")
-        if self.voice_aliases is None:
-            self.voice_aliases = {name: ids[0] for name in OPENAI_VOICES}
         for alias, target in self.voice_aliases.items():
-            if target not in ids:
+            if target.partition(":")[0] not in ids:
                 raise ValueError(f"voice alias {alias!r} points at unknown voice {target!r}")
             if not re.match(VOICE_ID_PATTERN, alias):
                 raise ValueError(f"voice alias {alias!r} is not a valid name")
@@ -271,6 +286,12 @@ class AppConfig(_Warned):
         for limits in (self.key_limits, self.open_limits):
             self.check_limits(limits)
         return self
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        """Every alias (name -> voice id or 'voice_id:speaker'), OpenAI names included."""
+        openai = dict.fromkeys(OPENAI_VOICES, self.voices[0].id) if self.openai_voice_names else {}
+        return openai | self.voice_aliases
 
     @property
     def lane_shares(self) -> dict[str, float]:
@@ -294,7 +315,7 @@ class AppConfig(_Warned):
             )
 
 
-class SynthesizerUserConfig(_Warned):
+class SynthesizerUserConfig(_Strict):
     """The synthesizer's `user_config`: a `serve deploy` that changes it applies in place."""
 
     max_batch_size: int | None = Field(

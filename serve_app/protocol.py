@@ -36,12 +36,20 @@ class SpeechRequest(BaseModel):
     instructions: str | None = Field(
         None, max_length=4096, description="Accepted for compatibility; Piper voices ignore it."
     )
-    stream_format: Literal["audio", "sse"] | None = Field(
+    stream_format: Literal["audio", "sse", "file"] | None = Field(
         None,
-        description="Omitted: the whole audio file in one response. 'audio': the audio is "
-        "streamed (chunked) as sentences are ready. 'sse': server-sent events - "
-        "speech.audio.delta (base64 audio), speech.audio.done (usage), and Chorus's "
-        "speech.queue, speech.sentence (timings) and error events.",
+        description="'audio' (OpenAI's default, also when omitted): the audio file is streamed "
+        "as it is made. 'sse': server-sent events, speech.audio.delta (base64 audio) then "
+        "speech.audio.done (usage), as OpenAI sends them. Chorus extension 'file': the whole "
+        "file in one response, with Content-Length and X-Chorus-* timing headers (also what "
+        "`timings: true` answers when stream_format is omitted).",
+    )
+    chorus_events: bool = Field(
+        False,
+        description="Chorus extension, with stream_format 'sse': also send speech.queue "
+        "(position and estimated start, before the first audio) and speech.sentence (each "
+        "sentence's timing) events, and Chorus's fields in speech.audio.done. Off by default "
+        "because strict OpenAI clients reject event types they do not know.",
     )
     seed: Seed | None = Field(
         None,
@@ -51,7 +59,8 @@ class SpeechRequest(BaseModel):
     timings: bool = Field(
         False,
         description="Chorus extension: answer with JSON holding the base64 audio and each "
-        "sentence's start and end in it (not with stream_format 'audio'; SSE always has them).",
+        "sentence's start and end in it (not with stream_format 'audio'; with 'sse' it turns "
+        "on chorus_events, whose speech.sentence events carry them).",
     )
     sample_rate: SampleRate | None = Field(
         None,
@@ -85,10 +94,23 @@ class SpeechRequest(BaseModel):
     def _timings_need_a_json_answer(self) -> SpeechRequest:
         if self.timings and self.stream_format == "audio":
             raise ValueError(
-                "timings cannot be sent with stream_format 'audio'; use 'sse', whose "
-                "speech.sentence events carry them"
+                "timings cannot be sent with stream_format 'audio'; omit stream_format for a "
+                "JSON answer, or use 'sse' with chorus_events"
             )
         return self
+
+    @property
+    def delivery(self) -> Literal["audio", "sse", "file"]:
+        """How the answer is sent: stream_format, or OpenAI's default (streamed audio); a
+        JSON answer with `timings` is a whole file."""
+        if self.stream_format is not None:
+            return self.stream_format
+        return "file" if self.timings else "audio"
+
+    @property
+    def chorus_sse(self) -> bool:
+        """An SSE stream carries Chorus's own events too."""
+        return self.chorus_events or self.timings
 
 
 class ErrorDetail(BaseModel):
@@ -171,14 +193,26 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+class AudioModelList(ModelList):
+    """`GET /v1/audio/models`: the same list under `data` and, for Open WebUI, `models`."""
+
+    models: list[ModelCard]
+
+
 class VoiceCard(BaseModel):
-    id: str
+    id: str = Field(description="What a request's `voice` may say (so may any alias).")
     name: str
+    voice: str = Field(description="The voice (model file) it belongs to.")
+    speaker: str | None = Field(description="Its speaker in a multi-speaker voice, else null.")
     language: str
     sample_rate: int
-    aliases: list[str]
+    aliases: list[str] = Field(description="Other names for it, OpenAI voice names included.")
 
 
 class VoiceList(BaseModel):
+    """`GET /v1/audio/voices`: the same list under `data` and, for Open WebUI and Kokoro-style
+    clients, `voices`."""
+
     object: Literal["list"] = "list"
     data: list[VoiceCard]
+    voices: list[VoiceCard]

@@ -26,6 +26,7 @@ from serve_app.http.responses import CountRequests, register_error_handlers
 from serve_app.metrics import IngressMetrics
 from serve_app.model.replicas import ModelReplicas
 from serve_app.protocol import (
+    AudioModelList,
     ErrorResponse,
     LaneInfo,
     ModelCard,
@@ -211,21 +212,31 @@ class Ingress:
             )
         return ModelCard(id=model_id)
 
+    @app.get("/v1/audio/models", response_model=AudioModelList, dependencies=AUTH)
+    async def list_audio_models(self) -> AudioModelList:
+        """The speech models (what Open WebUI asks for)."""
+        cards = [ModelCard(id=m) for m in self.config.models]
+        return AudioModelList(data=cards, models=cards)
+
     @app.get("/v1/audio/voices", response_model=VoiceList, dependencies=AUTH)
     async def list_voices(self) -> VoiceList:
-        aliases = self.catalogue.aliases
-        return VoiceList(
-            data=[
-                VoiceCard(
-                    id=v.id,
-                    name=v.id,
-                    language=v.language,
-                    sample_rate=v.sample_rate,
-                    aliases=sorted(a for a, target in aliases.items() if target == v.id),
-                )
-                for v in self.catalogue.voices.values()
-            ]
-        )
+        """Every voice a request can name: each speaker of a multi-speaker voice is one."""
+        aliases: dict[str, list[str]] = {}
+        for alias, speaker in self.catalogue.aliases.items():
+            aliases.setdefault(speaker.id, []).append(alias)
+        cards = [
+            VoiceCard(
+                id=s.id,
+                name=s.id,
+                voice=s.voice.id,
+                speaker=s.name,
+                language=s.voice.language,
+                sample_rate=s.voice.sample_rate,
+                aliases=sorted(aliases.get(s.id, [])),
+            )
+            for s in self.catalogue.speakers()
+        ]
+        return VoiceList(data=cards, voices=cards)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def playground_page(self, request: Request) -> HTMLResponse:

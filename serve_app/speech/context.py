@@ -13,7 +13,7 @@ from serve_app.queue.backlog import RequestWork
 from serve_app.speech import audio
 from serve_app.speech.ordering import Voicing
 from serve_app.speech.text import TextError, TextFrontend
-from serve_app.speech.voices import VoiceInfo, load_voices
+from serve_app.speech.voices import Speaker, VoiceInfo, VoiceLoadError, load_voices
 
 
 @dataclass(frozen=True)
@@ -27,25 +27,44 @@ class SpeechCall:
 
 
 class Catalogue:
-    """The voices this server speaks, their aliases, and a text front end for each."""
+    """The voices this server speaks (each speaker of a multi-speaker voice is a voice of its
+    own: 'voice_id:speaker'), their aliases, and a text front end for each voice."""
 
     def __init__(self, config: AppConfig) -> None:
         self.voices: dict[str, VoiceInfo] = load_voices(config.voices)
-        self.aliases: dict[str, str] = dict(config.voice_aliases or {})
+        try:
+            self.aliases: dict[str, Speaker] = {
+                alias: self._find(target) for alias, target in config.aliases.items()
+            }
+        except KeyError as exc:
+            raise VoiceLoadError(f"voice_aliases: {exc.args[0]}") from None
         self.frontends = {
             vid: TextFrontend(info, config.max_item_chars) for vid, info in self.voices.items()
         }
 
-    def voice(self, name: str) -> VoiceInfo:
-        voice_id = name if name in self.voices else self.aliases.get(name)
-        if voice_id is None:
-            known = sorted([*self.voices, *self.aliases])
+    def voice(self, name: str) -> Speaker:
+        """What a request's `voice` names: an alias, a voice id, or 'voice_id:speaker'."""
+        if name in self.aliases:
+            return self.aliases[name]
+        try:
+            return self._find(name)
+        except KeyError as exc:
             raise BadRequest(
-                f"unknown voice {name[:64]!r}; available: {', '.join(known)}",
+                f"unknown voice {name[:64]!r}: {exc.args[0]}",
                 param="voice",
                 code="unknown_voice",
-            )
-        return self.voices[voice_id]
+            ) from None
+
+    def _find(self, name: str) -> Speaker:
+        voice_id, colon, speaker = name.partition(":")
+        if voice_id not in self.voices:
+            known = sorted([*self.voices, *self.aliases])
+            raise KeyError(f"no such voice; available: {', '.join(known)}")
+        return self.voices[voice_id].speaker(speaker if colon else None)
+
+    def speakers(self) -> list[Speaker]:
+        """Every voice a request can name (each speaker of each voice), in config order."""
+        return [s for info in self.voices.values() for s in info.all_speakers()]
 
     def phonemes_per_char(self) -> float:
         """The largest density of the voices' front ends (an estimate that errs long)."""
@@ -60,13 +79,17 @@ class RequestContext:
     call: SpeechCall
     client: str
     lane: str
-    voice: VoiceInfo
+    speaker: Speaker
     frontend: TextFrontend
     fmt: audio.AudioFormat
     rate: int  # output sample rate
     sentences: list[str]
     voicing: Voicing
     work: RequestWork | None = field(default=None, repr=False)
+
+    @property
+    def voice(self) -> VoiceInfo:
+        return self.speaker.voice
 
     @property
     def request(self) -> SpeechRequest:
@@ -78,14 +101,14 @@ class RequestContext:
 
     @property
     def stream(self) -> str:
-        return self.request.stream_format or "none"
+        return self.request.delivery
 
     def tags(self) -> dict[str, str]:
         return {"voice": self.voice.id, "stream": self.stream, "lane": self.lane}
 
     def headers(self) -> dict[str, str]:
         return {
-            "X-Chorus-Voice": self.voice.id,
+            "X-Chorus-Voice": self.speaker.id,
             "X-Chorus-Sample-Rate": str(self.rate),
             "X-Chorus-Lane": self.lane,
         }
@@ -108,7 +131,8 @@ def plan(
             param="input",
             code="string_above_max_length",
         )
-    voice = catalogue.voice(req.voice)
+    speaker = catalogue.voice(req.voice)
+    voice = speaker.voice
     fmt = audio.FORMATS[req.response_format]
     try:
         rate = audio.output_rate(fmt, voice.sample_rate, req.sample_rate)
@@ -119,8 +143,8 @@ def plan(
         sentences = frontend.prepare(req.input)
     except TextError as exc:
         raise BadRequest(str(exc), param="input", code="unspeakable_input") from None
-    voicing = Voicing.create(voice, req.speed, req.seed)
-    return RequestContext(call, client, lane, voice, frontend, fmt, rate, sentences, voicing)
+    voicing = Voicing.create(speaker, req.speed, req.seed)
+    return RequestContext(call, client, lane, speaker, frontend, fmt, rate, sentences, voicing)
 
 
 def unspeakable() -> BadRequest:

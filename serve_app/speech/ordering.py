@@ -19,7 +19,7 @@ from serve_app.deadline import Deadline
 from serve_app.model.engines.base import SynthesisItem, Synthesized
 from serve_app.speech import audio
 from serve_app.speech.text import Sentence
-from serve_app.speech.voices import VoiceInfo
+from serve_app.speech.voices import Speaker, VoiceInfo
 
 # submit(item) -> an awaitable with .cancel(), e.g. a Ray Serve DeploymentResponse.
 Submit = Callable[[SynthesisItem], Any]
@@ -33,11 +33,13 @@ class Voicing:
     voice: VoiceInfo
     speed: float
     seed: int
+    speaker: int = 0  # of a multi-speaker voice
 
     @classmethod
-    def create(cls, voice: VoiceInfo, speed: float, seed: int | None) -> Voicing:
-        """Spoken at `speed`; with no `seed`, a random one of its own."""
-        return cls(voice, speed, secrets.randbits(63) if seed is None else seed)
+    def create(cls, speaker: Speaker, speed: float, seed: int | None) -> Voicing:
+        """`speaker` at `speed`; with no `seed`, a random one of its own."""
+        seed = secrets.randbits(63) if seed is None else seed
+        return cls(speaker.voice, speed, seed, speaker.number)
 
     def item(self, sentence: Sentence) -> SynthesisItem:
         return SynthesisItem(
@@ -47,6 +49,7 @@ class Voicing:
             noise_scale=self.voice.noise_scale,
             noise_w=self.voice.noise_w,
             seed=item_seed(self.seed, sentence.index),
+            speaker=self.speaker,
         )
 
 

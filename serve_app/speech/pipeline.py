@@ -85,7 +85,7 @@ class SpeechService:
         cancels whatever the request still has queued and ends its admission; its metrics and
         its one log line are recorded when it ends."""
         assert ctx.work is not None
-        tick = self.config.heartbeat_s if ctx.request.stream_format == "sse" else None
+        tick = self.config.heartbeat_s if ctx.stream == "sse" else None
         parts = spoken(
             ordered_audio(
                 ctx.frontend.sentences(ctx.sentences),
@@ -115,11 +115,12 @@ class SpeechService:
     async def answer(self, ctx: RequestContext, events: AsyncIterator[Spoken | None]) -> Answer:
         """The whole file, or a stream of it (chunked audio or server-sent events)."""
         headers = ctx.headers()
-        if ctx.request.stream_format is None:
+        if ctx.stream == "file":
             return await self._whole(ctx, events, headers)
         encoder = audio.StreamEncoder(ctx.fmt, ctx.voice.sample_rate, ctx.rate)
-        if ctx.request.stream_format == "sse":
-            body = sse_body(events, encoder, lambda: self.position(ctx), self.stream_error)
+        if ctx.stream == "sse":
+            position = (lambda: self.position(ctx)) if ctx.request.chorus_sse else None
+            body = sse_body(events, encoder, position, self.stream_error)
             headers |= {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
             return Answer(body, "text/event-stream", headers)
         # NOTE: the status line waits for the first sentence, so an early failure (overload,

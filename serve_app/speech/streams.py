@@ -1,5 +1,6 @@
 """Transport of a streamed response: chunked audio bytes, or server-sent events (OpenAI's
-`speech.audio.delta` / `speech.audio.done`, plus Chorus's queue, sentence and error events).
+`speech.audio.delta` / `speech.audio.done` and an `error` event; Chorus's queue and sentence
+events only for clients that ask for them: strict OpenAI clients reject unknown types).
 
 The bodies here own encoding and framing only; `ordering.paced` owns the work, and closing a
 body (client gone) closes it, which cancels the request's queued sentence items.
@@ -55,23 +56,29 @@ async def audio_body(
 async def sse_body(
     events: Events,
     encoder: StreamEncoder,
-    position: Callable[[], dict[str, Any]],
+    position: Callable[[], dict[str, Any]] | None,
     as_error: Callable[[Exception], ChorusError],
 ) -> AsyncIterator[bytes]:
-    """Queue updates (`position()`: where the request stands) until the first audio, then a
-    delta and a timing event per sentence, then `speech.audio.done`; an `error` event if
-    anything fails on the way."""
+    """A delta per sentence, then `speech.audio.done` with usage; an `error` event if anything
+    fails on the way. Silences get a comment (a heartbeat).
+
+    With `position` (where the request stands; Chorus's events asked for): queue updates until
+    the first audio, a timing event after each sentence's delta, and Chorus's fields in done.
+    """
     phonemes = frames = sentences = 0
     queue_s, model_s = None, 0.0
     try:
-        yield _queue_event(position())
+        if position is not None:
+            yield _queue_event(position())
         async for part in events:
             if part is None:
-                yield _queue_event(position()) if not sentences else HEARTBEAT
+                queued = position is not None and not sentences
+                yield _queue_event(position()) if position and queued else HEARTBEAT
                 continue
             if data := await asyncio.to_thread(encoder.write, part.audio):
                 yield _delta(data)
-            yield event({"type": "speech.sentence", **part.timing()})
+            if position is not None:
+                yield event({"type": "speech.sentence", **part.timing()})
             sentences += 1
             queue_s = part.queue_s if queue_s is None else queue_s
             model_s += part.model_s
@@ -79,20 +86,22 @@ async def sse_body(
             frames += part.audio.size // SAMPLES_PER_FRAME
         if data := await asyncio.to_thread(encoder.close):
             yield _delta(data)
-        yield event(
-            {
-                "type": "speech.audio.done",
-                "usage": {
-                    "input_tokens": phonemes,
-                    "output_tokens": frames,
-                    "total_tokens": phonemes + frames,
-                },
+        done: dict[str, Any] = {
+            "type": "speech.audio.done",
+            "usage": {
+                "input_tokens": phonemes,
+                "output_tokens": frames,
+                "total_tokens": phonemes + frames,
+            },
+        }
+        if position is not None:
+            done |= {
                 "sentences": sentences,
                 "audio_seconds": round(encoder.samples / encoder.rate, 3),
                 "queue_s": round(queue_s or 0.0, 3),
                 "model_s": round(model_s, 3),
             }
-        )
+        yield event(done)
     except Exception as exc:
         error = as_error(exc)
         logger.warning("SSE stream failed after it started: %s", error.message)

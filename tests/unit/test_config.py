@@ -1,9 +1,8 @@
-"""App arguments are validated with clear messages; unknown keys are warned about."""
+"""App arguments are validated with clear messages; a typo refuses to deploy."""
 
 from __future__ import annotations
 
 import importlib
-import logging
 
 import pytest
 import yaml
@@ -19,16 +18,32 @@ pytestmark = pytest.mark.timeout(30)
 def test_defaults_serve_the_packaged_voice_under_openai_names() -> None:
     config = parse_app_args({})
     assert [v.id for v in config.voices] == ["en_US-joe-medium"]
-    assert set(config.voice_aliases) == set(OPENAI_VOICES)
+    assert config.aliases == dict.fromkeys(OPENAI_VOICES, "en_US-joe-medium")
     model, cfg = config.voices[0].resolve()
     assert model.is_file() and cfg.is_file()
 
 
-def test_unknown_keys_are_warned_about(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="ray.serve.chorus.config"):
-        config = AppConfig.model_validate({"max_input_chars": 100, "max_imput_chars": 5})
-    assert config.max_input_chars == 100
-    assert "max_imput_chars" in caplog.text
+@pytest.mark.parametrize(
+    ("model", "args", "hint"),
+    [
+        (AppConfig, {"max_input_chars": 100, "max_imput_chars": 5}, "'max_input_chars'"),
+        (AppConfig, {"voices": [{"id": "a", "packgae": "x"}]}, "'package'"),
+        (AppConfig, {"key_limits": {"requests_per_sec": 1}}, "'requests_per_s'"),
+        (SynthesizerUserConfig, {"max_batch_sise": 8}, "'max_batch_size'"),
+    ],
+)
+def test_a_typo_is_refused_with_the_key_it_meant(model: type, args: dict, hint: str) -> None:
+    with pytest.raises(ValidationError, match=f"did you mean {hint}"):
+        model.model_validate(args)
+
+
+def test_voice_aliases_add_to_the_openai_names_unless_told_to_replace_them() -> None:
+    two = [{"id": "a", "package": "x"}, {"id": "b", "package": "y"}]
+    added = parse_app_args({"voices": two, "voice_aliases": {"onyx": "b", "narrator": "b"}})
+    assert added.aliases["alloy"] == "a" and added.aliases["onyx"] == "b"
+    assert added.aliases["narrator"] == "b" and len(added.aliases) == len(OPENAI_VOICES) + 1
+    only = parse_app_args({"voices": two, "voice_aliases": {"x": "b"}, "openai_voice_names": False})
+    assert only.aliases == {"x": "b"}
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from serve_app.model.engines.vits import read_onnx_voice
 from serve_app.speech.text import TextFrontend
 from serve_app.speech.voices import VoiceInfo, VoiceLoadError
 from tests.helpers import TEXTS
+from tests.voices import SPEAKERS, export_multispeaker_voice
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -132,8 +133,26 @@ def test_unusable_voices_fail_with_a_reason(tmp_path, info) -> None:
     (tmp_path / "multi.onnx.json").write_text(
         config.replace('"num_speakers": 1', '"num_speakers": 4')
     )
-    with pytest.raises(VoiceLoadError, match="multi-speaker"):
-        VoiceInfo.load(VoiceSource(id="multi", model_path=model))
+    multi = VoiceSource(id="multi", model_path=model)
+    assert len(VoiceInfo.load(multi).speakers) == 4
+    with pytest.raises(VoiceLoadError, match="names 4 speaker"):
+        PiperEngine([multi], warm_buckets=False).load("cpu")
+
+
+@pytest.mark.parametrize("policy", ["per_item", "batched"])
+def test_a_multi_speaker_voice_matches_onnxruntime_for_each_speaker(tmp_path, policy) -> None:
+    source = export_multispeaker_voice(tmp_path)
+    eng = PiperEngine([source], decode_policy=policy, warm_buckets=False)
+    eng.load("cpu")
+    ids = tuple(range(1, 60, 2))
+    items = [SynthesisItem("trio", ids, 1.0, 0.0, 0.0, 0, speaker=n) for n in SPEAKERS.values()]
+    together = eng.synthesize(items)
+    reference = onnx_reference.speakers(source.model_path, ids, list(SPEAKERS.values()))
+    alone = eng.synthesize(items[::-1])[::-1]
+    for got, solo, want in zip(together, alone, reference, strict=True):
+        assert got.shape == want.shape and np.abs(got - want).max() < 1e-4
+        assert np.abs(got - solo).max() < 1e-6
+    assert np.abs(together[0][:4000] - together[1][:4000]).max() > 1e-3  # distinct speakers
 
 
 def test_a_file_that_is_not_a_piper_voice_fails_clearly(tmp_path, info) -> None:

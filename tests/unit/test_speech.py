@@ -99,7 +99,8 @@ def test_seeds_are_per_sentence_and_reproducible() -> None:
     assert len({it.seed for it in items}) == 3
     assert items[0].seed == item_seed(7, 0) == Voicing(VOICE, 1.0, 7).item(Sentence(0, "", ())).seed
     assert items[0].length_scale == pytest.approx(0.5)
-    assert Voicing.create(VOICE, 1.0, None).seed != Voicing.create(VOICE, 1.0, None).seed
+    speaker = VOICE.speaker(None)
+    assert Voicing.create(speaker, 1.0, None).seed != Voicing.create(speaker, 1.0, None).seed
 
 
 def test_sentences_are_laid_out_with_a_pause_and_their_offsets() -> None:

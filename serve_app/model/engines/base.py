@@ -24,6 +24,7 @@ class SynthesisItem:
     noise_scale: float
     noise_w: float
     seed: int
+    speaker: int = 0  # of a multi-speaker voice
 
     @property
     def size(self) -> int:

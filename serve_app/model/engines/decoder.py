@@ -76,13 +76,22 @@ class Decoder2d(nn.Module):
         self.ups = nn.ModuleList(_to_2d(up) for up in generator.ups)
         self.resblocks = nn.ModuleList(_ResBlock(b) for b in generator.resblocks)
         self.conv_post = _to_2d(generator.conv_post)
+        # Multi-speaker voices: the speaker embedding, added after conv_pre.
+        cond = getattr(generator, "cond", None)
+        self.cond = None if cond is None else _to_2d(cond)
 
-    def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """z (N, C, T) -> audio (N, T * hop); `mask` (N, T) zeroes padding at every layer."""
+    def forward(
+        self, z: torch.Tensor, mask: torch.Tensor | None = None, g: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """z (N, C, T) -> audio (N, T * hop); `mask` (N, T) zeroes padding at every layer;
+        `g` (N, gin, 1): each item's speaker embedding (multi-speaker voices)."""
         x = z.unsqueeze(2).contiguous(memory_format=torch.channels_last)
         if mask is not None:
             mask = mask.to(x.dtype).view(mask.size(0), 1, 1, mask.size(1))
-        x = _masked(self.conv_pre(x), mask)
+        x = self.conv_pre(x)
+        if g is not None and self.cond is not None:
+            x = x + self.cond(g.unsqueeze(2))
+        x = _masked(x, mask)
         for i, (up, rate) in enumerate(zip(self.ups, self.rates, strict=True)):
             x = up(F.leaky_relu_(x, _LRELU_SLOPE))
             if mask is not None:
@@ -112,8 +121,11 @@ class DecoderRunner:
         self._call = decoder
 
     @torch.inference_mode()
-    def __call__(self, z: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        return self._call(z.to(self.dtype), mask).float()
+    def __call__(
+        self, z: torch.Tensor, mask: torch.Tensor | None, g: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        g = None if g is None else g.to(self.dtype)
+        return self._call(z.to(self.dtype), mask, g).float()
 
     def use(self, dtype: torch.dtype, compile_: bool) -> None:
         """Run in `dtype`, compiled or not (the caller warms and checks it)."""

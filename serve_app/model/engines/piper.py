@@ -70,6 +70,12 @@ class VitsVoice:
 
     def __init__(self, info: VoiceInfo, device: torch.device) -> None:
         params, state = read_onnx_voice(onnx.load(str(info.model_path)))
+        named = max(info.speakers.values(), default=0) + 1
+        if named > params.n_speakers or (params.n_speakers > 1) != bool(info.speakers):
+            raise VoiceLoadError(
+                f"its config names {max(1, len(info.speakers))} speaker(s), its weights have "
+                f"{params.n_speakers}"
+            )
         self.info = info
         self.params = params
         self.device = device
@@ -87,12 +93,12 @@ class VitsVoice:
         for i, it in enumerate(items):
             ids[i, : lengths[i]] = torch.tensor(it.phoneme_ids)
         x, m_p, logs_p, x_mask = model.enc_p(ids.to(dev), torch.tensor(lengths, device=dev))
-        seeds = [it.seed for it in items]
+        seeds, g = [it.seed for it in items], self.speakers(items)
         if self.params.use_sdp:
             eps_w = gaussian(seeds, _DURATION_NOISE, 2, lengths, dev)
-            logw = _sdp_reverse(model.dp, x, x_mask, eps_w * _column(items, "noise_w", dev))
+            logw = _sdp_reverse(model.dp, x, x_mask, eps_w * _column(items, "noise_w", dev), g)
         else:
-            logw = model.dp(x, x_mask)
+            logw = model.dp(x, x_mask, g=g)
         w_ceil = torch.ceil(torch.exp(logw) * x_mask * _column(items, "length_scale", dev))
         frames = torch.clamp_min(torch.sum(w_ceil, [1, 2]), 1).long().tolist()
         return [
@@ -115,21 +121,33 @@ class VitsVoice:
         eps_z = gaussian(seeds, _LATENT_NOISE, m_p.size(1), frames, dev)
         noise_scale = _column([a.item for a in group], "noise_scale", dev)
         z_p = m_p + eps_z * torch.exp(logs_p) * noise_scale
-        return self.model.flow(z_p, y_mask, reverse=True) * y_mask
+        g = self.speakers([a.item for a in group])
+        return self.model.flow(z_p, y_mask, g=g, reverse=True) * y_mask
 
-    def decode(self, z: torch.Tensor, frames: list[int]) -> list[np.ndarray]:
-        """Audio of each item of a padded group of latents (padding zeroed at every layer)."""
+    @torch.inference_mode()
+    def speakers(self, items: list[SynthesisItem]) -> torch.Tensor | None:
+        """Each item's speaker embedding (B, gin, 1); None for a one-speaker voice."""
+        if self.params.n_speakers <= 1:
+            return None
+        ids = torch.tensor([it.speaker for it in items], device=self.device)
+        return self.model.emb_g(ids).unsqueeze(-1)
+
+    def decode(
+        self, z: torch.Tensor, frames: list[int], g: torch.Tensor | None = None
+    ) -> list[np.ndarray]:
+        """Audio of each item of a padded group of latents (padding zeroed at every layer);
+        `g`: their speakers (see `speakers`)."""
         padded = len(frames) > 1 or frames[0] != z.size(2)
         mask = frame_mask(frames, z.size(2), z.device) if padded else None
-        out = self.decoder(z, mask).cpu().numpy()
+        out = self.decoder(z, mask, g).cpu().numpy()
         hop = self.params.hop_length
         return [out[i, : n * hop].copy() for i, n in enumerate(frames)]
 
-    def decode_one(self, z: torch.Tensor, frames: int) -> np.ndarray:
+    def decode_one(self, z: torch.Tensor, item: Aligned) -> np.ndarray:
         """One item's audio, its latents padded to the length bucket (see `decode_bucket`)."""
-        width = decode_bucket(frames)
+        width = decode_bucket(item.frames)
         z = z[:, :, :width] if z.size(2) >= width else F.pad(z, (0, width - z.size(2)))
-        return self.decode(z, [frames])[0]
+        return self.decode(z, [item.frames], self.speakers([item.item]))[0]
 
     def warm_decoder(self, up_to: int) -> float:
         """Run every CPU length bucket once; seconds taken."""
@@ -263,7 +281,7 @@ class PiperEngine(Engine):
         audio, computed = [], 0
         for item in items:
             (aligned,) = voice.align([item])
-            audio.append(voice.decode_one(voice.latents([aligned]), aligned.frames))
+            audio.append(voice.decode_one(voice.latents([aligned]), aligned))
             computed += decode_bucket(aligned.frames)
         return audio, computed
 
@@ -281,7 +299,8 @@ class PiperEngine(Engine):
         audio: dict[int, np.ndarray] = {}
         for group in plan.groups:
             parts = [aligned[i] for i in group]
-            decoded = voice.decode(voice.latents(parts), [a.frames for a in parts])
+            g = voice.speakers([a.item for a in parts])
+            decoded = voice.decode(voice.latents(parts), [a.frames for a in parts], g)
             audio.update(zip(group, decoded, strict=True))
         return [audio[i] for i in range(len(items))], plan.padded
 
@@ -322,9 +341,14 @@ def _expand(priors: list[torch.Tensor], phoneme: torch.Tensor) -> torch.Tensor:
     return torch.gather(stacked, 2, index)
 
 
-def _sdp_reverse(dp, x: torch.Tensor, x_mask: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """StochasticDurationPredictor in reverse with caller-supplied noise `z` (B, 2, T)."""
+def _sdp_reverse(
+    dp, x: torch.Tensor, x_mask: torch.Tensor, z: torch.Tensor, g: torch.Tensor | None
+) -> torch.Tensor:
+    """StochasticDurationPredictor in reverse with caller-supplied noise `z` (B, 2, T) and
+    speakers `g` (B, gin, 1) or None."""
     x = dp.pre(torch.detach(x))
+    if g is not None:
+        x = x + dp.cond(g)
     x = dp.convs(x, x_mask)
     x = dp.proj(x) * x_mask
     flows = list(reversed(dp.flows))

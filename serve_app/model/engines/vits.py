@@ -37,6 +37,8 @@ class VitsHyperParams:
     upsample_initial_channel: int
     upsample_kernel_sizes: tuple[int, ...]
     use_sdp: bool
+    n_speakers: int = 1
+    gin_channels: int = 0  # size of a speaker embedding (multi-speaker voices)
 
     @property
     def hop_length(self) -> int:
@@ -67,11 +69,11 @@ def read_onnx_voice(model: onnx.ModelProto) -> tuple[VitsHyperParams, dict[str, 
             state[node.strip("/").rsplit("/", 1)[0].replace("/", ".") + ".weight"] = array
         elif name == "/dp/flows.0/Exp_output_0":  # folded exp(-logs) of the SDP's affine flow
             state["dp.flows.0.logs"] = -np.log(array)
+        elif name in consumer and consumer[name].name == "/dp/flows.0/Exp":
+            state["dp.flows.0.logs"] = -array  # the same flow, exported unfolded: -logs
         elif not name.startswith(("/", "onnx::")) and not name.isdigit():
             state[name] = array
-    if any(k.startswith("emb_g.") for k in state):
-        raise VoiceLoadError("multi-speaker voices are not supported yet")
-
+    n_speakers, gin_channels = state["emb_g.weight"].shape if "emb_g.weight" in state else (1, 0)
     n_vocab, hidden = state["enc_p.emb.weight"].shape
     ffn = state["enc_p.encoder.ffn_layers.0.conv_1.weight"]
     n_ups = sum(1 for k in state if k.startswith("dec.ups.") and k.endswith(".weight"))
@@ -109,6 +111,8 @@ def read_onnx_voice(model: onnx.ModelProto) -> tuple[VitsHyperParams, dict[str, 
             int(state[f"dec.ups.{i}.weight"].shape[2]) for i in range(n_ups)
         ),
         use_sdp="dp.flows.0.m" in state,
+        n_speakers=int(n_speakers),
+        gin_channels=int(gin_channels),
     )
     return params, state
 
@@ -132,8 +136,8 @@ def build_vits(params: VitsHyperParams, state: dict[str, np.ndarray]) -> Synthes
         params.upsample_rates,
         params.upsample_initial_channel,
         params.upsample_kernel_sizes,
-        n_speakers=1,
-        gin_channels=0,
+        n_speakers=params.n_speakers,
+        gin_channels=params.gin_channels,
         use_sdp=params.use_sdp,
     )
     # NOTE: the ONNX export folded weight norm into plain weights, so remove it before loading.
