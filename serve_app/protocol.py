@@ -30,7 +30,7 @@ class SpeechRequest(BaseModel):
         description="A voice id or alias from GET /v1/audio/voices (OpenAI names work).",
     )
     response_format: str = Field(
-        "mp3", description=f"One of {', '.join(SUPPORTED)}. pcm is 16-bit LE mono."
+        "mp3", description=f"One of {', '.join(SUPPORTED)}. pcm is 16-bit LE mono; aac is ADTS."
     )
     speed: Speed = Field(1.0, description="0.25 to 4.0; 1.0 is the voice's natural pace.")
     instructions: str | None = Field(
@@ -84,9 +84,8 @@ class SpeechRequest(BaseModel):
     @classmethod
     def _known_format(cls, value: str) -> str:
         if value not in SUPPORTED:
-            hint = " (aac is not supported by this server)" if value == "aac" else ""
             raise ValueError(
-                f"unsupported response_format {value!r}{hint}; use one of {', '.join(SUPPORTED)}"
+                f"unsupported response_format {value[:32]!r}; use one of {', '.join(SUPPORTED)}"
             )
         return value
 

@@ -21,8 +21,17 @@ TEXTS = [
 
 
 def decode(body: bytes) -> tuple[np.ndarray, int]:
-    """Samples and rate of an encoded audio file."""
-    data, rate = sf.read(io.BytesIO(body), dtype="float32")
+    """Samples and rate of an encoded audio file: libsndfile's decoders, or FFmpeg's (PyAV)
+    for what libsndfile cannot read (aac)."""
+    try:
+        data, rate = sf.read(io.BytesIO(body), dtype="float32")
+    except sf.LibsndfileError:
+        import av
+
+        with av.open(io.BytesIO(body)) as container:
+            stream = container.streams.audio[0]
+            frames = [f.to_ndarray().reshape(-1) for f in container.decode(stream)]
+            return np.concatenate(frames).astype(np.float32), stream.rate
     return data, rate
 
 

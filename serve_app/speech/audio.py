@@ -1,15 +1,24 @@
-"""PCM -> the response formats (wav, flac, mp3, opus, raw pcm), whole or streamed; resampling."""
+"""PCM -> the response formats, whole or streamed; resampling.
+
+One writer per response owns its format: raw pcm and streamed wav are written here, wav and
+flac files by soundfile (libsndfile), and mp3, opus and aac by FFmpeg's encoders through PyAV,
+muxed into a sink that only ever appends, so nothing is patched after it was sent. Measured
+CPU cost per audio-second of each: README, "Encoding cost" (`load_tests.bench_encoders`).
+"""
 
 from __future__ import annotations
 
 import io
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Literal, Protocol
 
+import av
 import numpy as np
 import soundfile as sf
 import soxr
+
+Writer = Literal["pcm", "soundfile", "ffmpeg"]
 
 
 @dataclass(frozen=True)
@@ -18,16 +27,20 @@ class AudioFormat:
     media_type: str
     default_rate: int | None  # None: the voice's own rate
     allowed_rates: tuple[int, ...] | None  # None: any rate in [MIN_RATE, MAX_RATE]
-    sf_format: str | None  # soundfile container; None for raw pcm
-    sf_subtype: str | None
+    writer: Writer
+    container: str | None = None  # soundfile's format, or FFmpeg's muxer
+    codec: str | None = None  # soundfile's subtype, or FFmpeg's encoder
+    bit_rate: int | None = None  # ffmpeg writers: constant bit rate, bits/s
     # False: the container needs the whole length up front, so a "stream" is sent at the end.
     progressive: bool = True
-    sf_options: dict[str, Any] = field(default_factory=dict, hash=False)
+    mux_options: dict[str, str] = field(default_factory=dict, hash=False)  # ffmpeg muxer's
+    codec_options: dict[str, str] = field(default_factory=dict, hash=False)  # and encoder's
 
 
 MIN_RATE, MAX_RATE = 8000, 48000
 _MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 _OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+_AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 
 FORMATS: dict[str, AudioFormat] = {
     f.name: f
@@ -35,22 +48,27 @@ FORMATS: dict[str, AudioFormat] = {
         # NOTE: constant bitrate: a streamed mp3 has no length header (Xing frame), and
         # decoders then estimate the length from the first frame's bitrate, which cuts
         # variable-bitrate files short.
+        # NOTE: LAME's fast mode (compression_level 7) costs ~60% of its default's CPU for
+        # speech at 64 kbit/s, and the same for opus at complexity 5 against 10; measured in
+        # load_tests.bench_encoders.
         AudioFormat(
-            "mp3",
-            "audio/mpeg",
-            None,
-            _MP3_RATES,
-            "MP3",
-            "MPEG_LAYER_III",
-            sf_options={"compression_level": 0.5, "bitrate_mode": "CONSTANT"},
-        ),
-        AudioFormat("opus", "audio/ogg; codecs=opus", 24000, _OPUS_RATES, "OGG", "OPUS"),
+            "mp3", "audio/mpeg", None, _MP3_RATES, "ffmpeg", "mp3", "libmp3lame", 64000,
+            codec_options={"compression_level": "7"},
+        ),  # fmt: skip
+        # NOTE: Ogg pages of at most 100 ms (FFmpeg's default: 1 s), so each sentence's audio
+        # leaves with it rather than with the next one; ~5% more bytes.
+        AudioFormat(
+            "opus", "audio/ogg; codecs=opus", 24000, _OPUS_RATES, "ffmpeg", "ogg", "libopus", 32000,
+            mux_options={"page_duration": "100000"}, codec_options={"compression_level": "5"},
+        ),  # fmt: skip
+        # ADTS: AAC frames with their own headers, playable as they arrive.
+        AudioFormat("aac", "audio/aac", None, _AAC_RATES, "ffmpeg", "adts", "aac", 64000),
         # NOTE: libsndfile (so soundfile) cannot read a FLAC stream whose header lacks the
         # total length, which is only known at the end.
-        AudioFormat("flac", "audio/flac", None, None, "FLAC", "PCM_16", progressive=False),
-        AudioFormat("wav", "audio/wav", None, None, "WAV", "PCM_16"),
+        AudioFormat("flac", "audio/flac", None, None, "soundfile", "FLAC", "PCM_16", None, False),
+        AudioFormat("wav", "audio/wav", None, None, "soundfile", "WAV", "PCM_16"),
         # Like OpenAI's: 16-bit little-endian mono, 24 kHz unless asked otherwise.
-        AudioFormat("pcm", "audio/pcm", 24000, None, None, None),
+        AudioFormat("pcm", "audio/pcm", 24000, None, "pcm"),
     )
 }
 SUPPORTED = tuple(FORMATS)
@@ -79,29 +97,22 @@ def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
 
 
 def to_pcm16(audio: np.ndarray) -> bytes:
-    return (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+    """16-bit little-endian samples, scaled and rounded as libsndfile writes a wav file (so a
+    streamed wav has the same samples as a whole one)."""
+    scaled = np.floor(np.clip(audio, -1.0, 1.0).astype(np.float64) * 32768.0)
+    return np.clip(scaled, -32768, 32767).astype("<i2").tobytes()
 
 
 def encode(audio: np.ndarray, rate: int, fmt: AudioFormat) -> bytes:
     """A whole audio file (or raw PCM bytes) of mono float32 `audio` at `rate`."""
-    if fmt.sf_format is None:
-        return to_pcm16(audio)
-    buf = io.BytesIO()
-    with _sound_file(buf, fmt, rate) as f:
-        f.write(np.clip(audio, -1.0, 1.0))
-    return buf.getvalue()
-
-
-def _sound_file(file: Any, fmt: AudioFormat, rate: int) -> sf.SoundFile:
-    return sf.SoundFile(
-        file,
-        "w",
-        samplerate=rate,
-        channels=1,
-        format=fmt.sf_format,
-        subtype=fmt.sf_subtype,
-        **fmt.sf_options,
-    )
+    if fmt.writer == "soundfile":
+        buf = io.BytesIO()
+        sf.write(buf, np.clip(audio, -1.0, 1.0), rate, format=fmt.container, subtype=fmt.codec)
+        return buf.getvalue()
+    if fmt.writer == "ffmpeg":
+        writer = _FfmpegWriter(fmt, rate, whole=True)
+        return writer.write(audio) + writer.close()
+    return to_pcm16(audio)
 
 
 def streaming_wav_header(rate: int) -> bytes:
@@ -134,27 +145,15 @@ class StreamEncoder:
             if in_rate == out_rate
             else soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="HQ")
         )
-        self._held: list[np.ndarray] = []  # whole-file formats: everything, encoded at close
-        self._sink: _Sink | None = None
-        self._file: sf.SoundFile | None = None
-        if fmt.sf_format is not None and fmt.progressive:
-            self._sink = _Sink()
-            self._file = _sound_file(self._sink, fmt, out_rate)
-        self._header = streaming_wav_header(out_rate) if fmt.name == "wav" else b""
+        self._writer = _writer(fmt, out_rate, streamed=True)
 
     def write(self, audio: np.ndarray) -> bytes:
         return self._encode(self._resample(audio, last=False))
 
     def close(self) -> bytes:
-        """The last bytes of the response (flushes the resampler and the container)."""
+        """The last bytes of the response (flushes the resampler and the encoder)."""
         tail = self._encode(self._resample(np.zeros(0, dtype=np.float32), last=True))
-        if self._file is not None:
-            self._file.close()
-            assert self._sink is not None
-            return tail + self._sink.take()
-        if self._held:
-            return encode(np.concatenate(self._held), self.rate, self.fmt)
-        return tail
+        return tail + self._writer.close()
 
     def _resample(self, audio: np.ndarray, last: bool) -> np.ndarray:
         audio = audio.astype(np.float32, copy=False)
@@ -164,55 +163,103 @@ class StreamEncoder:
 
     def _encode(self, audio: np.ndarray) -> bytes:
         self.samples += audio.size
-        if not self.fmt.progressive:
-            self._held.append(audio)
-            return b""
-        if self._file is not None:
-            assert self._sink is not None
-            if audio.size:
-                self._file.write(np.clip(audio, -1.0, 1.0))
-            return self._sink.take()
+        return self._writer.write(audio) if audio.size else b""
+
+
+class _Writer(Protocol):
+    def write(self, audio: np.ndarray) -> bytes: ...
+
+    def close(self) -> bytes: ...
+
+
+def _writer(fmt: AudioFormat, rate: int, streamed: bool = False) -> _Writer:
+    if fmt.writer == "ffmpeg":
+        return _FfmpegWriter(fmt, rate)
+    if fmt.writer == "pcm":
+        return _PcmWriter()
+    if fmt.name == "wav" and streamed:
+        return _PcmWriter(streaming_wav_header(rate))
+    return _WholeFile(fmt, rate)
+
+
+class _PcmWriter:
+    """Raw 16-bit samples, after an optional header (a streamed wav's)."""
+
+    def __init__(self, header: bytes = b"") -> None:
+        self._header = header
+
+    def write(self, audio: np.ndarray) -> bytes:
         header, self._header = self._header, b""
         return header + to_pcm16(audio)
 
+    def close(self) -> bytes:
+        header, self._header = self._header, b""
+        return header
 
-class _Sink:
-    """A seekable in-memory file that hands out each byte once, as soon as it is written.
 
-    NOTE: encoders seek back at close to patch their first bytes (mp3's Xing frame); by then
-    those bytes are sent, so the patch is dropped. Every format streamed this way decodes
-    without it (tested).
+class _WholeFile:
+    """A container that needs the whole length first: everything is encoded at close."""
+
+    def __init__(self, fmt: AudioFormat, rate: int) -> None:
+        self._fmt, self._rate = fmt, rate
+        self._held: list[np.ndarray] = []
+
+    def write(self, audio: np.ndarray) -> bytes:
+        self._held.append(audio)
+        return b""
+
+    def close(self) -> bytes:
+        held = np.concatenate(self._held) if self._held else np.zeros(0, dtype=np.float32)
+        return encode(held, self._rate, self._fmt)
+
+
+class _FfmpegWriter:
+    """One FFmpeg encoder and muxer (PyAV), writing into an append-only sink.
+
+    NOTE: a streamed response's sink has no `seek`, so FFmpeg knows the output is not seekable
+    and never goes back to patch a header: every byte is final once written. A streamed mp3
+    then carries no gapless (LAME) header, so decoders keep the encoder's delay and padding
+    (~50-70 ms); a `whole` file is written to a seekable buffer and has that header.
     """
+
+    def __init__(self, fmt: AudioFormat, rate: int, whole: bool = False) -> None:
+        self._rate = rate
+        self._sink: _AppendOnly | io.BytesIO = io.BytesIO() if whole else _AppendOnly()
+        self._container = av.open(
+            self._sink, mode="w", format=fmt.container, options=fmt.mux_options
+        )
+        self._stream = self._container.add_stream(
+            fmt.codec, rate=rate, layout="mono", options=fmt.codec_options
+        )
+        self._stream.bit_rate = fmt.bit_rate
+
+    def write(self, audio: np.ndarray) -> bytes:
+        if not audio.size:
+            return b""
+        frame = av.AudioFrame.from_ndarray(
+            np.clip(audio, -1.0, 1.0).reshape(1, -1), format="flt", layout="mono"
+        )
+        frame.sample_rate = self._rate
+        self._container.mux(self._stream.encode(frame))
+        return self._sink.take() if isinstance(self._sink, _AppendOnly) else b""
+
+    def close(self) -> bytes:
+        self._container.mux(self._stream.encode(None))
+        self._container.close()
+        return self._sink.take() if isinstance(self._sink, _AppendOnly) else self._sink.getvalue()
+
+
+class _AppendOnly:
+    """A write-only file that hands out each byte once, as soon as it is written."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
-        self._pos = 0
-        self._sent = 0
 
-    def take(self) -> bytes:
-        new = bytes(self._buf[self._sent :])
-        self._sent = len(self._buf)
-        return new
-
-    def write(self, data: Any) -> int:
-        data = bytes(data)
-        end = self._pos + len(data)
-        if end > len(self._buf):
-            self._buf.extend(bytes(end - len(self._buf)))
-        self._buf[self._pos : end] = data
-        self._pos = end
+    def write(self, data: bytes) -> int:
+        self._buf += data
         return len(data)
 
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._buf) if size < 0 else self._pos + size
-        data = bytes(self._buf[self._pos : end])
-        self._pos += len(data)
+    def take(self) -> bytes:
+        data = bytes(self._buf)
+        self._buf.clear()
         return data
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._buf)}[whence]
-        self._pos = base + offset
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
