@@ -60,7 +60,9 @@ async def estimate_probe(c: httpx.AsyncClient, text: str, seed: int) -> tuple[fl
     t0 = time.perf_counter()
     estimate = None
     async with c.stream(
-        "POST", "/v1/audio/speech", json={**body, "stream_format": "sse", "seed": seed}
+        "POST",
+        "/v1/audio/speech",
+        json={**body, "stream_format": "sse", "chorus_events": True, "seed": seed},
     ) as r:
         async for line in r.aiter_lines():
             if not line.startswith("data: "):

@@ -235,7 +235,7 @@ def test_a_429_retry_after_honoured_leads_to_success(door: str) -> None:
 
 def test_concurrent_streams_are_capped_per_key(door: str) -> None:
     with httpx.Client(base_url=door, timeout=60) as c:
-        sse = body(sentences(4), stream_format="sse")
+        sse = body(sentences(4), stream_format="sse", chorus_events=True)
         with c.stream("POST", "/v1/audio/speech", json=sse, headers=auth("few")) as stream:
             assert stream.status_code == 200
             second = c.post("/v1/audio/speech", json=body("Hi."), headers=auth("few"))
@@ -250,7 +250,8 @@ def test_concurrent_streams_are_capped_per_key(door: str) -> None:
 
 def test_responses_tell_their_queue_and_model_time_and_the_queue_per_lane(door: str) -> None:
     with httpx.Client(base_url=door, timeout=60) as c:
-        r = c.post("/v1/audio/speech", json=body(sentences(3)), headers=auth("heavy"))
+        whole = body(sentences(3), stream_format="file")
+        r = c.post("/v1/audio/speech", json=whole, headers=auth("heavy"))
         assert r.headers["x-chorus-lane"] == "interactive"
         assert float(r.headers["x-chorus-queue-seconds"]) >= 0
         # three items at 0.1 s each in the fake engine

@@ -76,7 +76,7 @@ def traffic(server: str, metrics_url: str) -> dict:
 def send_known_traffic(client: httpx.Client, server: str, metrics_url: str) -> dict:
     before = scrape(metrics_url)
     ok = [
-        speech(client, input=text, response_format="pcm")
+        speech(client, input=text, response_format="pcm", stream_format="file")
         for text in ("Hi there.", "Good morning. Good night.")
     ]
     assert [r.status_code for r in ok] == [200, 200]
@@ -89,6 +89,7 @@ def send_known_traffic(client: httpx.Client, server: str, metrics_url: str) -> d
             "input": "Yes. No.",
             "response_format": "pcm",
             "stream_format": "sse",
+            "chorus_events": True,
         },  # fmt: skip
     ) as r:
         done = list(sse_events(r.iter_lines()))[-1]
@@ -96,6 +97,7 @@ def send_known_traffic(client: httpx.Client, server: str, metrics_url: str) -> d
     assert speech(client, input="Hello", voice="nobody").status_code == 400
     with pytest.raises(httpx.TimeoutException):  # a client that leaves before its answer
         long = {"model": "tts-1", "voice": "alloy", "input": "A sentence that takes time. " * 10}
+        long["stream_format"] = "file"
         client.post(SPEECH, json=long, timeout=0.5)
     assert client.get("/no/such/route").status_code == 404
     with fake_app(

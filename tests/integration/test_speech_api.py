@@ -52,14 +52,19 @@ def test_openai_streaming_response_works(openai_client: OpenAI) -> None:
 
 
 def test_raw_http_headers_and_default_format(client) -> None:
-    response = speech(client, input="Hello there.")
-    assert response.status_code == 200
-    assert response.headers["content-type"] == "audio/mpeg"
-    assert response.headers["x-chorus-voice"] == "en_US-joe-medium"
+    streamed = speech(client, input="Hello there.", seed=1)  # OpenAI's default: streamed mp3
+    assert streamed.status_code == 200
+    assert streamed.headers["content-type"] == "audio/mpeg"
+    assert streamed.headers["transfer-encoding"] == "chunked"
+    assert streamed.headers["x-chorus-voice"] == "en_US-joe-medium"
+    response = speech(client, input="Hello there.", seed=1, stream_format="file")
+    assert int(response.headers["content-length"]) == len(response.content)
     samples, rate = decode(response.content)
     assert float(response.headers["x-chorus-audio-seconds"]) == pytest.approx(
         len(samples) / rate, abs=0.1
     )
+    # the same audio; a streamed mp3 has no gapless header, so the encoder's delay stays
+    assert 0 <= len(decode(streamed.content)[0]) - len(samples) < 3 * 1152
 
 
 def test_same_seed_same_audio_other_seed_other_audio(client) -> None:

@@ -36,7 +36,9 @@ def test_sse_reports_queue_position_then_heartbeats(server: str) -> None:
                 while (await c.get("/v1/queue")).json()["items"] < 6:
                     await asyncio.sleep(0.02)
                 async with c.stream(
-                    "POST", "/v1/audio/speech", json=body(TEN, stream_format="sse")
+                    "POST",
+                    "/v1/audio/speech",
+                    json=body(TEN, stream_format="sse", chorus_events=True),
                 ) as r:
                     lines = [line async for line in r.aiter_lines()]
                 assert {x.status_code for x in await background} == {200}
@@ -57,7 +59,7 @@ def test_sse_reports_queue_position_then_heartbeats(server: str) -> None:
 
 def test_sse_failure_after_start_is_an_error_event_in_the_envelope(server: str) -> None:
     with fake_app(server, "ssefail", delay_s=0.05) as url, httpx.Client(timeout=60) as c:
-        request = body(BAD_FOURTH, stream_format="sse")
+        request = body(BAD_FOURTH, stream_format="sse", chorus_events=True)
         with c.stream("POST", f"{url}/v1/audio/speech", json=request) as r:
             assert r.status_code == 200
             events = list(sse_events(r.iter_lines()))
@@ -122,7 +124,10 @@ def test_past_deadline_gets_504_and_queued_items_never_run(server: str) -> None:
         async def five() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=url, timeout=60) as c:
                 return await asyncio.gather(
-                    *(c.post("/v1/audio/speech", json=body(TEN)) for _ in range(5))
+                    *(
+                        c.post("/v1/audio/speech", json=body(TEN, stream_format="file"))
+                        for _ in range(5)
+                    )
                 )
 
         responses = asyncio.run(five())

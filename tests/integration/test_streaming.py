@@ -36,7 +36,7 @@ def read_sse(response: httpx.Response) -> tuple[list[dict], bytes]:
 
 
 def test_ten_sentences_streamed_as_sse_and_chunked_pcm_equal_the_whole_response(client) -> None:
-    whole = speech(client, **BODY)
+    whole = speech(client, **BODY, stream_format="file")
     assert whole.status_code == 200 and whole.headers["x-chorus-sentences"] == "10"
 
     with client.stream("POST", "/v1/audio/speech", json={**BODY, "stream_format": "audio"}) as r:
@@ -46,7 +46,8 @@ def test_ten_sentences_streamed_as_sse_and_chunked_pcm_equal_the_whole_response(
     assert b"".join(chunks) == whole.content
     assert len(chunks) > 1
 
-    with client.stream("POST", "/v1/audio/speech", json={**BODY, "stream_format": "sse"}) as r:
+    sse = {**BODY, "stream_format": "sse", "chorus_events": True}
+    with client.stream("POST", "/v1/audio/speech", json=sse) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         events, audio = read_sse(r)
     assert audio == whole.content
@@ -63,10 +64,10 @@ def test_ten_sentences_streamed_as_sse_and_chunked_pcm_equal_the_whole_response(
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
 
 
-@pytest.mark.parametrize("fmt", ["wav", "mp3", "opus", "flac"])
+@pytest.mark.parametrize("fmt", ["wav", "mp3", "opus", "aac", "flac"])
 def test_every_format_streams_and_decodes_like_the_whole_file(client, fmt: str) -> None:
     three = {**BODY, "input": " ".join(TEXTS[:3]), "response_format": fmt}
-    whole, _ = decode(speech(client, **three).content)
+    whole, _ = decode(speech(client, **three, stream_format="file").content)
     with client.stream("POST", "/v1/audio/speech", json={**three, "stream_format": "audio"}) as r:
         assert r.status_code == 200 and r.headers["transfer-encoding"] == "chunked"
         streamed, rate = decode(r.read())
@@ -82,13 +83,14 @@ def test_timings_come_as_json_beside_whole_audio(client) -> None:
     sentences = answer["sentences"]
     assert [s["text"] for s in sentences][:2] == TEXTS[:2]
     audio = base64.b64decode(answer["audio"])
-    assert audio == speech(client, **BODY).content
+    assert audio == speech(client, **BODY).content  # streamed pcm: the same bytes
     assert sentences[-1]["end_s"] == pytest.approx(answer["audio_seconds"], abs=0.01)
 
 
 def test_first_audio_arrives_while_later_sentences_are_still_pending(client, server) -> None:
     before = replica_stats("chorus")["items"]
-    with client.stream("POST", "/v1/audio/speech", json={**BODY, "stream_format": "sse"}) as r:
+    sse = {**BODY, "stream_format": "sse", "chorus_events": True}
+    with client.stream("POST", "/v1/audio/speech", json=sse) as r:
         events = sse_events(r.iter_lines())
         assert next(events)["type"] == "speech.queue"
         assert next(events)["type"] == "speech.audio.delta"
