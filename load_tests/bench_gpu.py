@@ -47,10 +47,10 @@ class TimedDecoder:
     def __init__(self, runner, sync) -> None:
         self.runner, self.sync, self.seconds = runner, sync, 0.0
 
-    def __call__(self, z, mask):
+    def __call__(self, z, mask, g=None):
         self.sync()
         start = time.perf_counter()
-        out = self.runner(z, mask)
+        out = self.runner(z, mask, g)
         self.sync()
         self.seconds += time.perf_counter() - start
         return out

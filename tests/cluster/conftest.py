@@ -164,6 +164,7 @@ class Load:
 
     async def _client(self, client: httpx.AsyncClient, n: int) -> None:
         body = {"model": "tts-1", "voice": "alloy", "input": self.text, "response_format": "wav"}
+        body["stream_format"] = "file"  # whole answers: a cut-off one shows as -1
         while not self._stop.is_set():
             try:
                 r = await client.post(f"{self.url}/v1/audio/speech", json={**body, "seed": n})
