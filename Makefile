@@ -7,8 +7,10 @@ SERVING := $(VENV)/.installed-serving
 STAMP := $(VENV)/.installed
 
 .PHONY: serve test lint bench browser
+# RAY_max_direct_call_object_size: a sentence's audio (up to ~45 s) returns inline, not
+# through the object store (README, "Sizing a GPU node").
 serve: $(SERVING)  ## the server with the packaged voice on http://127.0.0.1:8000
-	$(BIN)/serve run deploy/serve_config.yaml
+	RAY_max_direct_call_object_size=4000000 $(BIN)/serve run deploy/serve_config.yaml
 
 test: $(STAMP) browser  ## lint, then every test (the cluster tests start a Ray cluster of their own)
 	$(BIN)/ruff check .

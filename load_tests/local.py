@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -55,6 +56,8 @@ def running_chorus(
             "_metrics_export_port": metrics_port,
             "_system_config": {"metrics_report_interval_ms": 1000},
         }
+    # NOTE: as `make serve` and the image do: sentence audio returns inline (README, "Sizing").
+    os.environ.setdefault("RAY_max_direct_call_object_size", "4000000")
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **metrics)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -39,11 +39,13 @@ def bind_app(
     engine_cls: type[Engine] | None = None,
     engine_kwargs: dict[str, Any] | None = None,
     synthesizer_options: dict[str, Any] | None = None,
+    ingress_options: dict[str, Any] | None = None,
 ) -> Application:
     """The deployment graph for `config`.
 
-    `engine_cls` swaps the model engine and `synthesizer_options` overrides the Synthesizer's
-    deployment options (tests only; serve configs set options in their `deployments:`).
+    `engine_cls` swaps the model engine and `synthesizer_options` / `ingress_options` override
+    the deployments' options (tests and benchmarks only; serve configs set options in their
+    `deployments:`).
     """
     voices = [v.model_dump(mode="json", exclude_none=True) for v in config.voices]
     synthesizer = serve.deployment(Synthesizer, **SYNTHESIZER_OPTIONS)
@@ -51,4 +53,5 @@ def bind_app(
     model = synthesizer.options(**(synthesizer_options or {})).bind(
         voices, engine_cls=engine_cls, engine_kwargs=engine_kwargs, cpu_threads=config.cpu_threads
     )
+    ingress = ingress.options(**(ingress_options or {}))
     return ingress.bind(model, config.model_dump(mode="json"))

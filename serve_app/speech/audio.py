@@ -99,8 +99,9 @@ def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
 def to_pcm16(audio: np.ndarray) -> bytes:
     """16-bit little-endian samples, scaled and rounded as libsndfile writes a wav file (so a
     streamed wav has the same samples as a whole one)."""
-    scaled = np.floor(np.clip(audio, -1.0, 1.0).astype(np.float64) * 32768.0)
-    return np.clip(scaled, -32768, 32767).astype("<i2").tobytes()
+    # NOTE: float32 is exact here (x 2**15, then floor); float64 cost ~3x the CPU.
+    scaled = np.floor(np.clip(audio, -1.0, 1.0, dtype=np.float32) * np.float32(32768.0))
+    return np.minimum(scaled, 32767.0, out=scaled).astype("<i2").tobytes()
 
 
 def encode(audio: np.ndarray, rate: int, fmt: AudioFormat) -> bytes:
