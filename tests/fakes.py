@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from serve_app.config import SynthesizerUserConfig
+from serve_app.errors import REPLICA_LOST
 from serve_app.model.engines.base import Engine, SynthesisItem
 from serve_app.model.profile import PROBE_IDS
 from serve_app.queue.backlog import Backlog
@@ -166,12 +167,45 @@ def make_backlog(
 
 
 class Handle:
-    """A fake Synthesizer handle: `synthesize.remote(item)` is `submit(item)`, and
+    """A fake Synthesizer handle: `synthesize_many.remote(items)` is `submit(item)` for each
+    (a replica lost fails the whole call; other errors are that item's answer), and
     `profile.remote()` answers `profile`."""
 
     def __init__(self, submit, profile=None) -> None:
         async def answer():
             return profile
 
-        self.synthesize = SimpleNamespace(remote=submit)
+        self.calls: list[Packed] = []
+
+        def many(items):
+            self.calls.append(Packed([submit(it) for it in items]))
+            return self.calls[-1]
+
+        self.synthesize_many = SimpleNamespace(remote=many)
         self.profile = SimpleNamespace(remote=answer)
+
+
+class Packed:
+    """A fake multi-item handle call over one fake call per item."""
+
+    def __init__(self, calls) -> None:
+        self.calls, self.cancelled = calls, False
+
+    def __await__(self):
+        return self._results().__await__()
+
+    async def _results(self):
+        results = []
+        for call in self.calls:
+            try:
+                results.append(await call)
+            except REPLICA_LOST:
+                raise
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        for call in self.calls:
+            getattr(call, "cancel", lambda: None)()

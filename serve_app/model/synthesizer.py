@@ -151,6 +151,14 @@ class Synthesizer:
             raise result
         return result
 
+    async def synthesize_many(self, items: list[SynthesisItem]) -> list[Synthesized | Exception]:
+        """Several items in one call (what the ingress sent at once): each joins the batch
+        queue on its own, and gets its own audio or error."""
+        arrival = time.monotonic()
+        return await asyncio.gather(
+            *(self._batch(item, arrival) for item in items), return_exceptions=True
+        )
+
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005)
     async def _batch(
         self, items: list[SynthesisItem], arrivals: list[float]

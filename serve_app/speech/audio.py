@@ -147,6 +147,8 @@ class StreamEncoder:
             else soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="HQ")
         )
         self._writer = _writer(fmt, out_rate, streamed=True)
+        # Samples copied out as 16-bit, nothing resampled: cheaper than a hop to a thread.
+        self.light = self._resampler is None and isinstance(self._writer, _PcmWriter)
 
     def write(self, audio: np.ndarray) -> bytes:
         return self._encode(self._resample(audio, last=False))

@@ -15,6 +15,8 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import numpy as np
+
 from serve_app.errors import ChorusError
 from serve_app.speech.audio import StreamEncoder
 from serve_app.speech.ordering import Spoken
@@ -39,12 +41,12 @@ async def audio_body(
     (no final chunk), so the client sees a broken transfer rather than a short file.
     """
     try:
-        if data := await asyncio.to_thread(encoder.write, first.audio):
+        if data := await encoded(encoder, first.audio):
             yield data
         async for part in rest:
-            if part is not None and (data := await asyncio.to_thread(encoder.write, part.audio)):
+            if part is not None and (data := await encoded(encoder, part.audio)):
                 yield data
-        if data := await asyncio.to_thread(encoder.close):
+        if data := await encoded(encoder, None):
             yield data
     except Exception as exc:
         logger.warning("Audio stream cut off after it started: %s", as_error(exc).message)
@@ -75,7 +77,7 @@ async def sse_body(
                 queued = position is not None and not sentences
                 yield _queue_event(position()) if position and queued else HEARTBEAT
                 continue
-            if data := await asyncio.to_thread(encoder.write, part.audio):
+            if data := await encoded(encoder, part.audio):
                 yield _delta(data)
             if position is not None:
                 yield event({"type": "speech.sentence", **part.timing()})
@@ -84,7 +86,7 @@ async def sse_body(
             model_s += part.model_s
             phonemes += part.phonemes
             frames += part.audio.size // SAMPLES_PER_FRAME
-        if data := await asyncio.to_thread(encoder.close):
+        if data := await encoded(encoder, None):
             yield _delta(data)
         done: dict[str, Any] = {
             "type": "speech.audio.done",
@@ -111,6 +113,19 @@ async def sse_body(
         yield event(payload)
     finally:
         await events.aclose()
+
+
+async def encoded(encoder: StreamEncoder, audio: np.ndarray | None) -> bytes:
+    """`audio` through the encoder (None: its last bytes): off the event loop, unless it only
+    copies samples out.
+
+    NOTE: a hop to a worker thread costs the ingress more CPU than writing 16-bit samples
+    (measured: load_tests.bench_serving); real encoders and resampling stay off the loop."""
+    if encoder.light:
+        return encoder.write(audio) if audio is not None else encoder.close()
+    if audio is None:
+        return await asyncio.to_thread(encoder.close)
+    return await asyncio.to_thread(encoder.write, audio)
 
 
 def event(payload: dict[str, Any]) -> bytes:

@@ -17,7 +17,7 @@ from serve_app.errors import ItemTooLarge, Overloaded, PayloadTooLarge, classify
 from serve_app.model.engines.base import Synthesized
 from serve_app.model.replicas import ModelReplicas
 from serve_app.model.synthesizer import is_out_of_memory
-from tests.fakes import Clock, Handle, item
+from tests.fakes import Clock, Handle, Response, item
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -64,12 +64,50 @@ async def test_an_engine_error_is_not_retried() -> None:
 
 async def test_cancelling_a_send_cancels_the_replica_call() -> None:
     call = Call("a")
-    task = asyncio.create_task(ModelReplicas(Handle(lambda _: call)).send(item(5)))
-    await asyncio.sleep(0)
+    handle = Handle(lambda _: call)
+    task = asyncio.create_task(ModelReplicas(handle).send(item(5)))
+    while not handle.calls:
+        await asyncio.sleep(0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert call.cancelled
+
+
+async def test_an_item_cancelled_before_its_call_leaves_is_never_sent() -> None:
+    handle = Handle(lambda _: Call("a"))
+    task = asyncio.create_task(ModelReplicas(handle).send(item(5)))
+    await asyncio.sleep(0)  # it waits for the end of this loop turn to be sent
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.01)
+    assert handle.calls == []
+
+
+async def test_items_sent_together_share_one_call_and_keep_their_own_answers() -> None:
+    calls = {1: Call("a"), 2: Call("a", ItemTooLarge("too big")), 3: Call("a")}
+    handle = Handle(lambda it: calls[it.seed])
+    replicas = ModelReplicas(handle)
+    sends = [asyncio.create_task(replicas.send(item(5, seed=s))) for s in (1, 2, 3)]
+    answers = await asyncio.gather(*sends, return_exceptions=True)
+    assert len(handle.calls) == 1  # one handle call for the three
+    assert isinstance(answers[1], ItemTooLarge)  # only its own item fails
+    assert answers[0].replica == answers[2].replica == "a"
+
+
+async def test_a_shared_call_is_cancelled_only_when_all_its_items_are() -> None:
+    handle = Handle(lambda _: Response(asyncio.get_running_loop().create_future()))  # pending
+    replicas = ModelReplicas(handle)
+    one, two = (asyncio.create_task(replicas.send(item(5, seed=s))) for s in (1, 2))
+    while not handle.calls:
+        await asyncio.sleep(0)
+    one.cancel()
+    await asyncio.sleep(0)
+    assert not handle.calls[0].cancelled
+    two.cancel()
+    await asyncio.gather(one, two, return_exceptions=True)
+    assert handle.calls[0].cancelled
 
 
 async def test_replicas_are_counted_while_they_answer() -> None:
