@@ -34,7 +34,7 @@ import aiohttp
 from load_tests import load
 from load_tests.common import machine, save
 from load_tests.gpu_speed import GpuSpeedEngine
-from load_tests.local import deploy_args, free_port, running_chorus
+from load_tests.local import deploy_args, free_port, running_chorus, settled
 from load_tests.report import Answer
 from load_tests.servers import cpu_seconds
 from load_tests.texts import SENTENCES
@@ -84,14 +84,15 @@ def engine_item(i: int, ids: tuple[int, ...]) -> SynthesisItem:
     return SynthesisItem(VOICE.id, ids, 1.0, 0.667, 0.8, i)
 
 
-async def saturate(url: str, clients: int, seconds: float) -> dict:
-    """Closed-loop clients streaming wav: 1-3 sentences each request."""
+async def saturate(url: str, clients: int, seconds: float, delivery: str = "audio") -> dict:
+    """Closed-loop clients asking for wav, streamed (`delivery` "audio") or whole ("file"):
+    1-3 sentences each request."""
     rng = random.Random(clients)
 
     async def ask(i: int) -> Answer:
         text = " ".join(rng.sample(SENTENCES, rng.randint(1, 3)))
         body = {"model": "tts-1", "voice": "alloy", "input": text, "response_format": "wav"}
-        body |= {"stream_format": "audio", "seed": i}
+        body |= {"stream_format": delivery, "seed": i}
         return await load.post(session, url + "/v1/audio/speech", body, 120)
 
     connector = aiohttp.TCPConnector(limit=0)
@@ -108,11 +109,11 @@ def replica_totals() -> dict[str, int]:
     return {"items": stats["items"], "batches": stats["batches"]}
 
 
-def run_phase(url: str, clients: int, seconds: float) -> dict:
+def run_phase(url: str, clients: int, seconds: float, delivery: str = "audio") -> dict:
     """One measured phase: throughput, first audio, batches formed, CPU per item by process."""
-    asyncio.run(saturate(url, max(4, clients // 4), 3))  # warm every path first
+    asyncio.run(saturate(url, max(4, clients // 4), 3, delivery))  # warm every path first
     before_cpu, before = cpu_seconds(os.getpid()), replica_totals()
-    result = asyncio.run(saturate(url, clients, seconds))
+    result = asyncio.run(saturate(url, clients, seconds, delivery))
     after_cpu, after = cpu_seconds(os.getpid()), replica_totals()
     items = after["items"] - before["items"]
     batches = max(1, after["batches"] - before["batches"])
@@ -124,6 +125,7 @@ def run_phase(url: str, clients: int, seconds: float) -> dict:
     }
     return {
         "clients": clients,
+        "delivery": delivery,
         "ok": result["ok"],
         "failed": result["failed"],
         "refused": result["refused"],
@@ -134,6 +136,15 @@ def run_phase(url: str, clients: int, seconds: float) -> dict:
         "cpu_ms_per_item": per_item,
         "cpu_cores_busy": round(sum(cpu.values()) / result["elapsed_s"], 2),
     }
+
+
+def wait_deployed(ingress_replicas: int, timeout_s: float = 180) -> None:
+    """The last `serve.run` is done: every replica of both deployments running."""
+    end = time.monotonic() + timeout_s
+    while not (settled(1) and settled(ingress_replicas, deployment="Ingress")):
+        if time.monotonic() > end:
+            raise TimeoutError("the deploy did not settle")
+        time.sleep(0.5)
 
 
 def deploy(ingress_replicas: int, speedup: float, user_config: dict, args: dict) -> Any:
@@ -177,15 +188,22 @@ def main() -> None:
         for replicas in (1, 2):
             if replicas > 1:
                 serve.run(deploy(replicas, args.speedup, batching, base_args), name="chorus")
+            wait_deployed(replicas)
             phase = run_phase(url, args.clients, args.seconds)
             report["ceiling"][f"{replicas}_ingress"] = phase
             print(f"ceiling, {replicas} ingress replica(s):", phase)
+        # Whole files: one response per request through the proxy instead of one chunk per
+        # sentence (same 2 ingress replicas).
+        phase = run_phase(url, args.clients, args.seconds, delivery="file")
+        report["ceiling"]["2_ingress_whole_files"] = phase
+        print("ceiling, 2 ingress replicas, whole files:", phase)
         report["sweep"] = []
         sweep = () if args.no_sweep else ((16, 0.005, 32), (64, 0.005, 128), (64, 0.02, 128))
         for batch, wait, in_flight in sweep:
             user_config = {"max_batch_size": batch, "batch_wait_timeout_s": wait}
             app_args = base_args | {"items_in_flight": in_flight}
             serve.run(deploy(1, args.speedup, user_config, app_args), name="chorus")
+            wait_deployed(1)
             phase = run_phase(url, args.clients, args.sweep_seconds)
             phase |= {"max_batch_size": batch, "batch_wait_timeout_s": wait}
             phase["items_in_flight"] = in_flight

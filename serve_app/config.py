@@ -234,6 +234,15 @@ class AppConfig(_Strict):
         "answered it in the last 30 s; the rest wait here, in lane and fair-share order. "
         "About 2 x max_batch_size.",
     )
+    items_per_call: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description="Most sentence items one handle call to a model replica carries: items "
+        "dispatched together share a call (a call costs ~2 ms of CPU on each side whatever it "
+        "carries). Serve's max_ongoing_requests / max_queued_requests of the Synthesizer "
+        "count calls, not items.",
+    )
     replica_retries: int = Field(
         3,
         ge=0,

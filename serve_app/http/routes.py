@@ -100,6 +100,7 @@ class Ingress:
         self.replicas = ModelReplicas(
             synthesizer,
             retries=config.replica_retries,
+            per_call=config.items_per_call,
             on_retry=self.metrics.items_retried.inc,
             on_count=self._replicas_changed,
             on_profile=self.meter.learn_profile,

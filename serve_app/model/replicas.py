@@ -19,19 +19,22 @@ from serve_app.model.profile import SpeedProfile
 logger = logging.getLogger("ray.serve.chorus.replicas")
 
 PROFILE_TIMEOUT_S = 10.0
-# NOTE: a handle call costs the ingress and the replica ~2 ms of CPU each whatever it carries;
-# items dispatched together (a batch came back and freed their slots) go in one call.
-MAX_PACK = 16
 
 
 class ModelReplicas:
-    """Items go through `handle` (the Synthesizer's deployment handle), `retries` more times
-    when the replica is lost; remembers which replicas answered in the last `window_s`."""
+    """Items go through `handle` (the Synthesizer's deployment handle), up to `per_call` in one
+    call, `retries` more times when the replica is lost; remembers which replicas answered in
+    the last `window_s`.
+
+    NOTE: a handle call costs the ingress and the replica ~2 ms of CPU each whatever it
+    carries, so items dispatched together (a batch came back and freed their slots) share one.
+    """
 
     def __init__(
         self,
         handle: Any,
         retries: int = 3,
+        per_call: int = 16,
         window_s: float = 30.0,
         on_retry: Callable[[], None] | None = None,
         on_count: Callable[[int], None] | None = None,
@@ -40,6 +43,7 @@ class ModelReplicas:
     ) -> None:
         self._handle = handle
         self.retries = retries
+        self.per_call = per_call
         self.window_s = window_s
         self._on_retry = on_retry
         self._on_count = on_count
@@ -81,7 +85,7 @@ class ModelReplicas:
         return await self._answer(item)
 
     async def _answer(self, item: SynthesisItem) -> Any:
-        if self._pack is None or len(self._pack.items) >= MAX_PACK:
+        if self._pack is None or len(self._pack.items) >= self.per_call:
             self._pack = _Pack(self._handle)
             asyncio.get_running_loop().call_soon(self._send, self._pack)
         pack = self._pack

@@ -12,7 +12,9 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def test_full_queues_get_503_envelope_with_retry_after(server: str) -> None:
-    with fake_app(server, "tiny", max_ongoing_requests=2, max_queued_requests=2) as url:
+    # One item per call: Serve's queue limits count calls.
+    args = {"items_per_call": 1}
+    with fake_app(server, "tiny", args, max_ongoing_requests=2, max_queued_requests=2) as url:
         responses = asyncio.run(speak_all(url, [f"Sentence number {i}." for i in range(16)]))
     statuses = [r.status_code for r in responses]
     assert set(statuses) <= {200, 503}, statuses

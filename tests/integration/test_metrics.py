@@ -101,7 +101,12 @@ def send_known_traffic(client: httpx.Client, server: str, metrics_url: str) -> d
         client.post(SPEECH, json=long, timeout=0.5)
     assert client.get("/no/such/route").status_code == 404
     with fake_app(
-        server, "metered", delay_s=0.2, max_ongoing_requests=1, max_queued_requests=1
+        server,
+        "metered",
+        {"items_per_call": 1},  # Serve's queue limits count calls
+        delay_s=0.2,
+        max_ongoing_requests=1,
+        max_queued_requests=1,
     ) as url:
         rejected, failed_stream = asyncio.run(overload_and_fail(url))
         assert rejected >= 1 and failed_stream[-1]["type"] == "error"

@@ -74,7 +74,8 @@ def test_sse_failure_after_start_is_an_error_event_in_the_envelope(server: str) 
 
 
 def test_sse_when_queues_are_full_ends_with_a_503_error_event(server: str) -> None:
-    with fake_app(server, "ssefull", max_ongoing_requests=1, max_queued_requests=1) as url:
+    args = {"items_per_call": 1}  # Serve's queue limits count calls
+    with fake_app(server, "ssefull", args, max_ongoing_requests=1, max_queued_requests=1) as url:
 
         async def many() -> list[list[dict]]:
             async with httpx.AsyncClient(base_url=url, timeout=60) as c:
