@@ -16,6 +16,11 @@ import yaml
 SERVE_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "serve_config.yaml"
 
 
+# What `make serve` and deploy/Dockerfile give every Ray process: a sentence's audio (up to
+# ~45 s) returns inline, not through the object store (README, "Sizing a GPU node").
+RAY_ENV = {"RAY_max_direct_call_object_size": "4000000"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -56,8 +61,8 @@ def running_chorus(
             "_metrics_export_port": metrics_port,
             "_system_config": {"metrics_report_interval_ms": 1000},
         }
-    # NOTE: as `make serve` and the image do: sentence audio returns inline (README, "Sizing").
-    os.environ.setdefault("RAY_max_direct_call_object_size", "4000000")
+    for name, value in RAY_ENV.items():
+        os.environ.setdefault(name, value)
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **metrics)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})

