@@ -17,10 +17,11 @@ test: $(STAMP) browser  ## lint, then every test (the cluster tests start a Ray 
 	$(BIN)/python -m pytest
 	$(BIN)/python -m pytest tests/cluster
 
-bench: $(STAMP)  ## the comparison with peers, then engine, server, streaming, admission, scale-out
+bench: $(STAMP)  ## the comparison with peers, then engine, encoders, serving layer, server, streaming, admission, scale-out
 	$(BIN)/python -m load_tests.compare
 	$(BIN)/python -m load_tests.bench_engine
 	$(BIN)/python -m load_tests.bench_encoders
+	$(BIN)/python -m load_tests.bench_serving
 	$(BIN)/python -m load_tests.bench_server
 	$(BIN)/python -m load_tests.bench_streaming
 	$(BIN)/python -m load_tests.bench_admission
