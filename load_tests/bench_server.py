@@ -56,7 +56,8 @@ async def measure(url: str, clients: int, seconds: float, fmt: str) -> dict:
     async def ask(i: int) -> Answer:
         text = " ".join(rng.sample(SENTENCES, rng.randint(1, 3)))
         body = {"model": "tts-1", "voice": "alloy", "input": text, "response_format": fmt}
-        return await load.post(session, url + "/v1/audio/speech", body | {"seed": i}, 600)
+        body |= {"stream_format": "file", "seed": i}  # whole files: their length in a header
+        return await load.post(session, url + "/v1/audio/speech", body, 600)
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         result = await load.closed_loop(ask, clients, seconds)
@@ -79,12 +80,15 @@ def main() -> None:
     parser.add_argument("--format", default="mp3")
     parser.add_argument("--cpu-threads", type=int, default=None, help="synthesizer threads")
     parser.add_argument("--skip-direct", action="store_true")
+    parser.add_argument("--items-in-flight", type=int, default=None, help="per model replica")
     args = parser.parse_args()
 
     direct = float("nan") if args.skip_direct else direct_engine(args.seconds, batch=4)
     print(f"engine alone (batch 4): {direct:.1f} audio-s/s", flush=True)
     rows = []
     app_args = {**deploy_args(), "cpu_threads": args.cpu_threads}
+    if args.items_in_flight:
+        app_args["items_in_flight"] = args.items_in_flight
     with running_chorus(build_app(app_args)) as url:
         asyncio.run(measure(url, 2, 5, args.format))  # warm-up
         for n in map(int, args.clients.split(",")):
