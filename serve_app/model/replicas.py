@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import Callable
@@ -87,7 +88,10 @@ class ModelReplicas:
     async def _answer(self, item: SynthesisItem) -> Any:
         if self._pack is None or len(self._pack.items) >= self.per_call:
             self._pack = _Pack(self._handle)
-            asyncio.get_running_loop().call_soon(self._send, self._pack)
+            # NOTE: sent from a context of its own: Serve cancels the calls a request made
+            # when that request is cancelled, and a pack carries other requests' items too.
+            loop = asyncio.get_running_loop()
+            loop.call_soon(self._send, self._pack, context=contextvars.Context())
         pack = self._pack
         answer = pack.add(item)
         try:
@@ -131,6 +135,7 @@ class _Pack:
         self.items: list[SynthesisItem] = []
         self.answers: list[asyncio.Future[Any]] = []
         self.response: Any = None
+        self.cancelled = False  # by `abandon`, once every item was
         self._delivery: asyncio.Task[None] | None = None
 
     def add(self, item: SynthesisItem) -> asyncio.Future[Any]:
@@ -143,20 +148,22 @@ class _Pack:
         if not live:
             return
         self.items, self.answers = [i for i, _ in live], [a for _, a in live]
-        self.response = self.handle.synthesize_many.remote(self.items)
+        try:
+            self.response = self.handle.synthesize_many.remote(self.items)
+        except Exception as exc:
+            self._fail(exc)
+            return
         self._delivery = asyncio.create_task(self._deliver(self.response), name="chorus-pack")
 
     async def _deliver(self, response: Any) -> None:
         try:
             results = await response
-        except asyncio.CancelledError:  # every item was abandoned
-            for answer in self.answers:
-                answer.cancel()
+        except asyncio.CancelledError:
+            if not self.cancelled:  # not by us: its items must not wait forever
+                self._fail(RuntimeError("the call to a model replica was cancelled"))
             return
         except Exception as exc:  # the call itself failed (replica lost, full): every item
-            for answer in self.answers:
-                if not answer.done():
-                    answer.set_exception(exc)
+            self._fail(exc)
             return
         for answer, result in zip(self.answers, results, strict=True):
             if answer.done():
@@ -166,8 +173,14 @@ class _Pack:
             else:
                 answer.set_result(result)
 
+    def _fail(self, exc: BaseException) -> None:
+        for answer in self.answers:
+            if not answer.done():
+                answer.set_exception(exc)
+
     def abandon(self, answer: asyncio.Future[Any]) -> None:
         """An item's caller left (its request ended)."""
         answer.cancel()
         if self.response is not None and all(a.done() for a in self.answers):
+            self.cancelled = True
             self.response.cancel()

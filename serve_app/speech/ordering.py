@@ -160,6 +160,13 @@ async def paced(
             await queue.put((end, None))
         except Exception as exc:  # handed to the consumer, which tells the client
             await queue.put((end, exc))
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # closed by the consumer
+            # NOTE: a cancellation from below (not of this task) must still end the request,
+            # or its consumer would wait, sending heartbeats, until the deadline.
+            await queue.put((end, RuntimeError("a sentence's work was cancelled")))
 
     task = asyncio.create_task(pump(), name="chorus-speech")
     try:

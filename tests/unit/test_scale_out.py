@@ -4,6 +4,7 @@ the autoscaling policy's arithmetic, and telling an out-of-memory error apart.""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from types import SimpleNamespace
 
 import numpy as np
@@ -94,6 +95,43 @@ async def test_items_sent_together_share_one_call_and_keep_their_own_answers() -
     assert len(handle.calls) == 1  # one handle call for the three
     assert isinstance(answers[1], ItemTooLarge)  # only its own item fails
     assert answers[0].replica == answers[2].replica == "a"
+
+
+async def test_a_pack_is_sent_outside_the_context_of_the_request_that_opened_it() -> None:
+    # Serve cancels the calls a request made when that request is cancelled; a pack carries
+    # other requests' items, so it must not belong to the first one's context.
+    request = contextvars.ContextVar("request", default=None)
+    seen = []
+
+    def submit(_):
+        seen.append(request.get())
+        return Call("a")
+
+    replicas = ModelReplicas(Handle(submit))
+
+    async def as_request(name: str):
+        request.set(name)
+        return await replicas.send(item(5))
+
+    await asyncio.gather(as_request("A"), as_request("B"))
+    assert seen == [None, None]
+
+
+class Cancelled:
+    """A handle call that Serve cancelled from outside."""
+
+    def __await__(self):
+        yield from asyncio.sleep(0).__await__()
+        raise asyncio.CancelledError()
+
+    def cancel(self) -> None:
+        pass
+
+
+async def test_a_call_cancelled_from_outside_fails_its_items_instead_of_hanging() -> None:
+    replicas = ModelReplicas(Handle(lambda _: Cancelled()))
+    with pytest.raises(RuntimeError, match="cancelled"):
+        await asyncio.wait_for(replicas.send(item(5)), 5)
 
 
 async def test_a_shared_call_is_cancelled_only_when_all_its_items_are() -> None:

@@ -168,3 +168,19 @@ def test_closing_paced_stops_its_source_and_errors_reach_the_consumer() -> None:
 
     asyncio.run(run())
     assert cleaned == ["source closed"]
+
+
+def test_a_cancellation_from_below_ends_the_request_instead_of_hanging_it() -> None:
+    async def cancelled_underneath():
+        yield 1
+        raise asyncio.CancelledError()  # e.g. a sentence's call cancelled by someone else
+
+    async def run():
+        got = []
+        with pytest.raises(RuntimeError, match="cancelled"):
+            async for x in paced(cancelled_underneath(), 0.05, Deadline(60)):
+                got.append(x)
+        return got
+
+    got = asyncio.run(asyncio.wait_for(run(), 5))
+    assert 1 in got
