@@ -31,8 +31,6 @@ class AudioFormat:
     container: str | None = None  # soundfile's format, or FFmpeg's muxer
     codec: str | None = None  # soundfile's subtype, or FFmpeg's encoder
     bit_rate: int | None = None  # ffmpeg writers: constant bit rate, bits/s
-    # False: the container needs the whole length up front, so a "stream" is sent at the end.
-    progressive: bool = True
     mux_options: dict[str, str] = field(default_factory=dict, hash=False)  # ffmpeg muxer's
     codec_options: dict[str, str] = field(default_factory=dict, hash=False)  # and encoder's
 
@@ -65,7 +63,7 @@ FORMATS: dict[str, AudioFormat] = {
         AudioFormat("aac", "audio/aac", None, _AAC_RATES, "ffmpeg", "adts", "aac", 64000),
         # NOTE: libsndfile (so soundfile) cannot read a FLAC stream whose header lacks the
         # total length, which is only known at the end.
-        AudioFormat("flac", "audio/flac", None, None, "soundfile", "FLAC", "PCM_16", None, False),
+        AudioFormat("flac", "audio/flac", None, None, "soundfile", "FLAC", "PCM_16"),
         AudioFormat("wav", "audio/wav", None, None, "soundfile", "WAV", "PCM_16"),
         # Like OpenAI's: 16-bit little-endian mono, 24 kHz unless asked otherwise.
         AudioFormat("pcm", "audio/pcm", 24000, None, "pcm"),
@@ -146,7 +144,7 @@ class StreamEncoder:
             if in_rate == out_rate
             else soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="HQ")
         )
-        self._writer = _writer(fmt, out_rate, streamed=True)
+        self._writer = _stream_writer(fmt, out_rate)
         # Samples copied out as 16-bit, nothing resampled: cheaper than a hop to a thread.
         self.light = self._resampler is None and isinstance(self._writer, _PcmWriter)
 
@@ -175,12 +173,14 @@ class _Writer(Protocol):
     def close(self) -> bytes: ...
 
 
-def _writer(fmt: AudioFormat, rate: int, streamed: bool = False) -> _Writer:
+def _stream_writer(fmt: AudioFormat, rate: int) -> _Writer:
+    """How a stream in `fmt` is written. A container that needs the whole length up front
+    (flac) is held and sent at the end."""
     if fmt.writer == "ffmpeg":
         return _FfmpegWriter(fmt, rate)
     if fmt.writer == "pcm":
         return _PcmWriter()
-    if fmt.name == "wav" and streamed:
+    if fmt.name == "wav":
         return _PcmWriter(streaming_wav_header(rate))
     return _WholeFile(fmt, rate)
 
