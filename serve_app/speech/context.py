@@ -32,10 +32,9 @@ class Catalogue:
 
     def __init__(self, config: AppConfig) -> None:
         self.voices: dict[str, VoiceInfo] = load_voices(config.voices)
+        self.aliases: dict[str, Speaker] = {}  # NOTE: `_find`'s message lists them
         try:
-            self.aliases: dict[str, Speaker] = {
-                alias: self._find(target) for alias, target in config.aliases.items()
-            }
+            self.aliases = {alias: self._find(target) for alias, target in config.aliases.items()}
         except KeyError as exc:
             raise VoiceLoadError(f"voice_aliases: {exc.args[0]}") from None
         self.frontends = {
