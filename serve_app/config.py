@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import importlib
+import ipaddress
 import logging
 import os
 import re
@@ -110,6 +111,13 @@ class Limits(_Strict):
     max_concurrent: int | None = Field(
         16, ge=1, description="Speech requests (streams included) in progress at once."
     )
+
+    @property
+    def on(self) -> bool:
+        """Whether any limit is set."""
+        return any(
+            v is not None for v in (self.requests_per_s, self.chars_per_s, self.max_concurrent)
+        )
 
 
 UNLIMITED = {"requests_per_s": None, "chars_per_s": None, "max_concurrent": None}
@@ -216,8 +224,32 @@ class AppConfig(_Strict):
     )
     open_limits: Limits = Field(
         default_factory=lambda: Limits(**UNLIMITED),
-        description="Limits of all traffic together when the API is open (no keys); "
-        "off by default.",
+        description="Limits of each client address when the API is open (no keys); off by "
+        "default. Each address has its own fair share of model time either way.",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or networks (CIDR) of reverse proxies in front of Chorus. Only "
+        "from these is the client address taken from X-Forwarded-For or Forwarded; "
+        "otherwise it is the connection's peer.",
+    )
+    shared_limits: bool = Field(
+        True,
+        description="Keep each client's rate, burst and concurrency limits across all ingress "
+        "replicas (through one named Ray actor); false: each replica enforces them alone.",
+    )
+    shared_limits_every_s: float = Field(
+        0.5,
+        ge=0.05,
+        le=10,
+        description="How often each ingress replica reports its clients' usage and gets its "
+        "share of their limits back.",
+    )
+    shared_limits_fallback: Literal["local", "closed"] = Field(
+        "local",
+        description="When the shared limits cannot be reached for 3 reports: 'local' keeps "
+        "each replica's last share of each limit; 'closed' refuses the requests of limited "
+        "clients with 503 until they can.",
     )
     default_lane: Lane = Field("interactive", description="Lane of a request that names none.")
     batch_lane_share: float = Field(
@@ -292,6 +324,7 @@ class AppConfig(_Strict):
         if self.request_timeout_s > self.max_deadline_s:
             raise ValueError("request_timeout_s is longer than max_deadline_s")
         self.check_keys(self.api_keys)
+        self.proxy_networks  # noqa: B018 (each entry must parse)
         for limits in (self.key_limits, self.open_limits):
             self.check_limits(limits)
         return self
@@ -301,6 +334,20 @@ class AppConfig(_Strict):
         """Every alias (name -> voice id or 'voice_id:speaker'), OpenAI names included."""
         openai = dict.fromkeys(OPENAI_VOICES, self.voices[0].id) if self.openai_voice_names else {}
         return openai | self.voice_aliases
+
+    @property
+    def has_limits(self) -> bool:
+        """Whether any client can have a limit (with keys, a keys file may add some)."""
+        if self.api_keys or self.api_keys_file is not None:
+            return True
+        return self.open_limits.on
+
+    @property
+    def proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        try:
+            return [ipaddress.ip_network(p, strict=False) for p in self.trusted_proxies]
+        except ValueError as exc:
+            raise ValueError(f"trusted_proxies: {exc}") from None
 
     @property
     def lane_shares(self) -> dict[str, float]:

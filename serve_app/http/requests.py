@@ -1,9 +1,11 @@
-"""Reading a speech request off the wire: the JSON body under a size cap, its validation, and
-its urgency (priority lane and deadline, from the body or headers), as one `SpeechCall`.
-Every failure is a clear 4xx."""
+"""Reading a request off the wire: who sent it (the client address, through trusted proxies),
+and for speech the JSON body under a size cap, its validation, and its urgency (priority lane
+and deadline, from the body or headers), as one `SpeechCall`. Every failure is a clear 4xx."""
 
+import ipaddress
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import Request
@@ -99,3 +101,65 @@ def urgency(req: SpeechRequest, headers: Any, config: AppConfig) -> tuple[str | 
             code="deadline_too_long",
         )
     return asked, deadline
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def client_address(request: Request, trusted: Sequence[Network]) -> str | None:
+    """The address of the client that sent `request`: the connection's peer, or, when the
+    peer is a trusted proxy, the nearest address in its Forwarded / X-Forwarded-For chain
+    that is not a trusted proxy. An IPv6 client is its /64 network (one host's addresses)."""
+    peer = _ip(request.client.host if request.client else None)
+    if peer is None:
+        return None
+    hop = peer
+    if _trusted(hop, trusted):
+        for entry in reversed(forwarded_chain(request.headers)):
+            address = _ip(entry)
+            if address is None:
+                break  # not an address ("unknown", obfuscated): the last proxy is the client
+            hop = address
+            if not _trusted(hop, trusted):
+                break
+    hop = getattr(hop, "ipv4_mapped", None) or hop
+    if hop.version == 6:
+        return str(ipaddress.ip_network(f"{hop}/64", strict=False))
+    return str(hop)
+
+
+def forwarded_chain(headers: Any) -> list[str]:
+    """The client-to-proxy chain of addresses a request went through, from its `Forwarded`
+    (RFC 7239) header or else `X-Forwarded-For`, first client first."""
+    forwarded = headers.getlist("forwarded") if hasattr(headers, "getlist") else []
+    if forwarded:
+        chain = []
+        for element in ",".join(forwarded).split(","):
+            for pair in element.split(";"):
+                name, _, value = pair.strip().partition("=")
+                if name.lower() == "for":
+                    chain.append(value.strip().strip('"'))
+        return chain
+    xff = headers.getlist("x-forwarded-for") if hasattr(headers, "getlist") else []
+    return [a.strip() for a in ",".join(xff).split(",") if a.strip()]
+
+
+def _ip(text: str | None) -> IP | None:
+    """An address from a header's node ("1.2.3.4", "1.2.3.4:80", "[::1]:80", "::1")."""
+    if not text:
+        return None
+    text = text.strip()
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def _trusted(address: IP, trusted: Sequence[Network]) -> bool:
+    address = getattr(address, "ipv4_mapped", None) or address
+    return any(address in net for net in trusted if net.version == address.version)

@@ -14,16 +14,15 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
-from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AppConfig, configure_logging
-from serve_app.errors import NotFound, Overloaded
+from serve_app.errors import NotFound
 from serve_app.http import playground
-from serve_app.http.requests import read_speech_call
+from serve_app.http.requests import client_address, read_speech_call
 from serve_app.http.responses import CountRequests, register_error_handlers
 from serve_app.metrics import IngressMetrics
+from serve_app.model.readiness import Readiness
 from serve_app.model.replicas import ModelReplicas
 from serve_app.protocol import (
     AudioModelList,
@@ -41,6 +40,7 @@ from serve_app.queue.backlog import Backlog
 from serve_app.queue.door import Door
 from serve_app.queue.keys import Client, KeyStore
 from serve_app.queue.meter import Meter, rounded
+from serve_app.queue.shared import RayBoard, SharedLimits, board_name
 from serve_app.speech import audio
 from serve_app.speech.context import Catalogue
 from serve_app.speech.pipeline import Answer, SpeechService
@@ -70,8 +70,10 @@ app.add_middleware(CountRequests)
 
 
 async def authenticated(request: Request) -> Client:
-    """The caller, by API key (401 without a valid one, when the server has keys)."""
-    return request.app.state.keys.authenticate(request.headers)
+    """The caller, by API key (401 without a valid one, when the server has keys), or by
+    client address on an open server."""
+    keys: KeyStore = request.app.state.keys
+    return keys.authenticate(request.headers, client_address(request, keys.trusted_proxies))
 
 
 AUTH = [Depends(authenticated)]
@@ -112,11 +114,31 @@ class Ingress:
             capacity=config.items_in_flight,
             on_change=self._backlog_changed,
         )
-        self.door = Door(config, self.backlog)
+        self.keys = KeyStore(config)
+        self.shared = self._shared_limits() if config.shared_limits and config.has_limits else None
+        self.door = Door(config, self.backlog, self.shared)
         self.speech = SpeechService(config, self.catalogue, self.door, self.replicas, self.metrics)
         self.metrics.model_replicas.set(1)
+        self.readiness = Readiness(
+            synthesizer.app_name, synthesizer.deployment_name, config.readiness_timeout_s
+        )
         app.state.metrics = self.metrics
-        app.state.keys = KeyStore(config)
+        app.state.keys = self.keys
+
+    def _shared_limits(self) -> SharedLimits:
+        context = serve.get_replica_context()
+        every_s = self.config.shared_limits_every_s
+        shared = SharedLimits(
+            self.keys,
+            lambda: dict(self.backlog.per_client),
+            RayBoard(board_name(context.app_name), every_s),
+            context.replica_id.unique_id,
+            every_s,
+            self.config.shared_limits_fallback,
+        )
+        # NOTE: Serve runs __init__ on the replica's event loop; the task lives as long as it.
+        self._sync_task = asyncio.get_running_loop().create_task(shared.run(), name="limits")
+        return shared
 
     def _replicas_changed(self, replicas: int) -> None:
         self.metrics.model_replicas.set(replicas)
@@ -253,12 +275,6 @@ class Ingress:
 
     @app.get("/readyz", responses={503: _ERRORS[503]})
     async def readyz(self) -> dict[str, Any]:
-        """A model replica is loaded and answering."""
-        try:
-            async with asyncio.timeout(self.config.readiness_timeout_s):
-                info = await self.synthesizer.ready.remote()
-        except (TimeoutError, BackPressureError, RayActorError):
-            raise Overloaded(
-                "no model replica answered in time", code="not_ready", retry_after_s=5
-            ) from None
-        return {"status": "ready", **info}
+        """A model replica is loaded and healthy (busy or not): Serve's controller has it
+        running. 503 `not_ready` while none is (dead, wedged, or still loading)."""
+        return await self.readiness.check()

@@ -261,9 +261,6 @@ class Synthesizer:
         """This replica's speed, measured at start and after each reconfigure."""
         return self.speed
 
-    async def ready(self) -> dict[str, Any]:
-        return {"device": self.device, "voices": self.engine.voices}
-
     async def stats(self) -> dict[str, Any]:
         """Work done so far (a cancelled item that was dropped never counts), and settings."""
         return {

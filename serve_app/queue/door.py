@@ -14,13 +14,17 @@ from serve_app.deadline import Deadline
 from serve_app.errors import Forbidden, Overloaded, RateLimited
 from serve_app.queue.backlog import Backlog, RequestWork
 from serve_app.queue.keys import Client
+from serve_app.queue.shared import STALE_AFTER, SharedLimits
 
 
 class Door:
-    def __init__(self, config: AppConfig, backlog: Backlog) -> None:
+    def __init__(
+        self, config: AppConfig, backlog: Backlog, shared: SharedLimits | None = None
+    ) -> None:
         self.config = config
         self.backlog = backlog
         self.meter = backlog.meter
+        self.shared = shared  # the other ingress replicas' view of each client's limits
 
     def lane(self, client: Client, asked: str | None) -> str:
         """The lane a request runs in: the one it asked for, if its key may use it."""
@@ -40,17 +44,26 @@ class Door:
 
     def admit(self, client: Client, lane: str, chars: int, deadline: Deadline) -> RequestWork:
         """Admit a request (its work then counts until `close()`), or raise 429/503."""
+        client.asked += 1  # where a client's requests arrive decides its share of its limits
+        if self.shared is not None and self.shared.refusing and client.limited:
+            raise Overloaded(
+                "this client's limits are shared by the cluster and cannot be checked now; "
+                "retry later",
+                code="limits_unavailable",
+                retry_after_s=STALE_AFTER * self.shared.every_s,
+            )
         cap = client.limits.max_concurrent
-        if cap is not None and self.backlog.per_client.get(client.name, 0) >= cap:
+        here = self.backlog.per_client.get(client.name, 0)
+        if cap is not None and here + client.elsewhere >= cap:
             raise RateLimited(
-                f"this API key already has {cap} requests in progress, its limit",
+                f"this client already has {cap} requests in progress, its limit",
                 code="too_many_concurrent_requests",
                 retry_after_s=self.first_finish_s(client.name),
             )
         wait = client.rate_wait_s(chars)
         if wait > 0:
             raise RateLimited(
-                f"this API key's rate limit is reached; retry in {wait:.1f} s",
+                f"this client's rate limit is reached; retry in {max(wait, 0.1):.1f} s",
                 retry_after_s=wait,
             )
         self._check_room(lane, chars, deadline, client.name)

@@ -1,8 +1,14 @@
-"""API keys: who is calling, what they may use, and their token buckets.
+"""Who is calling, what they may use, and their limits' state.
 
-Keys are kept only as SHA-256 digests; a presented key is hashed and looked up, so neither
-the config nor memory nor any log line holds a key. `python -m serve_app.queue.keys new NAME` makes
-a key and prints the config entry for it.
+With API keys, a client is a key's holder. Keys are kept only as SHA-256 digests; a presented
+key is hashed and looked up, so neither the config nor memory nor any log line holds a key.
+`python -m serve_app.queue.keys new NAME` makes a key and prints the config entry for it.
+On an open server (no keys) a client is a client address (`http.requests.client_address`),
+with `open_limits`: each address has its own fair share and, if set, its own limits.
+
+Several ingress replicas share each client's limits (`queue.shared`): each replica enforces
+its `share` of a client's rate and burst, and counts the client's requests in progress
+elsewhere (`elsewhere`) against its concurrency cap.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import argparse
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,31 +30,45 @@ from serve_app.errors import Unauthorized
 
 logger = logging.getLogger("ray.serve.chorus.keys")
 
-OPEN = "anonymous"  # the one client of an open API
+OPEN = "anonymous"  # the client of an open API whose address is unknown
 RELOAD_EVERY_S = 5.0
+MAX_CLIENTS = 10_000  # clients whose limits' state is kept (least recently seen go first)
 
 
 class TokenBucket:
-    """`rate` tokens per second, holding at most `burst`."""
+    """`rate` tokens per second, holding at most `burst`; this replica enforces its `share`
+    of both.
+
+    NOTE: a request larger than the (shared) burst passes when the bucket is full and leaves
+    it in debt, so a small share never locks out the longest input; the rate still holds.
+    """
 
     def __init__(self, rate: float, burst: int, clock: Callable[[], float]) -> None:
         self.rate, self.burst, self._clock = rate, burst, clock
+        self.share = 1.0
         self._tokens, self._at = float(burst), clock()
 
     def wait_s(self, n: float) -> float:
         """Seconds until `n` tokens are there (0: now)."""
         now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        rate, burst = self.rate * self.share, self.burst * self.share
+        self._tokens = min(burst, self._tokens + (now - self._at) * rate)
         self._at = now
-        return max(0.0, (n - self._tokens) / self.rate)
+        return max(0.0, (min(n, burst) - self._tokens) / rate)
 
     def take(self, n: float) -> None:
         self._tokens -= n
 
+    def reshare(self, share: float) -> None:
+        """Enforce `share` of the rate and burst from now on; the bucket stays as full."""
+        self.wait_s(0)  # refilled at the old share up to now
+        self._tokens *= share / self.share
+        self.share = share
+
 
 @dataclass
 class Client:
-    """An API key's holder (or all traffic of an open API) and its limits' state."""
+    """An API key's holder (or a client address of an open API) and its limits' state."""
 
     name: str
     lanes: tuple[str, ...]
@@ -62,6 +83,21 @@ class Client:
             lim.requests_per_s, lim.requests_burst, self.clock
         )
         self.chars = lim.chars_per_s and TokenBucket(lim.chars_per_s, lim.chars_burst, self.clock)
+        self.elsewhere = 0  # its requests in progress at other ingress replicas
+        self.asked = 0  # requests that reached the door since the last `take_asked`
+
+    @property
+    def limited(self) -> bool:
+        return self.limits.on
+
+    def reshare(self, share: float) -> None:
+        for bucket in (self.requests, self.chars):
+            if bucket:
+                bucket.reshare(share)
+
+    def take_asked(self) -> int:
+        asked, self.asked = self.asked, 0
+        return asked
 
     @property
     def settings(self) -> tuple[tuple[str, ...], str | None, float, Limits]:
@@ -87,16 +123,24 @@ class KeyStore:
         self.config = config
         self._clock = clock
         self.open = not config.api_keys and config.api_keys_file is None
-        self._clients: dict[str, Client] = {}
+        self.trusted_proxies = config.proxy_networks
+        self._clients: OrderedDict[str, Client] = OrderedDict()  # least recently seen first
         self._by_hash: dict[str, ApiKey] = {}
         self._file_stamp: tuple[float, int] | None = None
         self._checked = 0.0
         self._load()
-        self.anonymous = Client(OPEN, LANE_NAMES, None, 1.0, config.open_limits, clock)
+        # Set by `queue.shared` from what every ingress replica reports: this replica's share
+        # of each client's limits, and the share of a client it has not heard of.
+        self.shares: dict[str, float] = {}
+        self.default_share = 1.0
 
-    def authenticate(self, headers: Mapping[str, str]) -> Client:
+    def authenticate(self, headers: Mapping[str, str], address: str | None = None) -> Client:
+        """The client making a request with `headers`, from client `address` (401 without a
+        valid key, when the server has keys)."""
         if self.open:
-            return self.anonymous
+            return self._client(
+                address or OPEN, list(LANE_NAMES), None, 1.0, self.config.open_limits
+            )
         self._reload_if_changed()
         presented = bearer(headers)
         if presented is None:
@@ -123,7 +167,21 @@ class KeyStore:
         # NOTE: an unchanged key keeps its buckets' state; a changed one starts afresh.
         if client is None or client.settings != settings:
             client = self._clients[name] = Client(name, *settings, clock=self._clock)
+            client.reshare(self.shares.get(name, self.default_share))
+            if len(self._clients) > MAX_CLIENTS:
+                self._clients.popitem(last=False)
+        self._clients.move_to_end(name)
         return client
+
+    def clients(self) -> list[Client]:
+        """The clients seen lately (at most MAX_CLIENTS), least recently seen first."""
+        return list(self._clients.values())
+
+    def reshare(self, shares: dict[str, float], default: float) -> None:
+        """This replica's share of each client's limits, and of any other client's."""
+        self.shares, self.default_share = shares, default
+        for client in self._clients.values():
+            client.reshare(shares.get(client.name, default))
 
     def _load(self) -> None:
         keys = list(self.config.api_keys)

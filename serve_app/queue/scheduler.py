@@ -89,16 +89,20 @@ class Fair:
         return True
 
     def discard(self, path: Sequence[Hashable]) -> None:
-        """Forget the leaf at `path` (a finished request) once nothing is queued there."""
-        *parents, leaf = path
-        node = self
-        for name in parents:
-            node = node.children.get(name)
+        """Forget the leaf at `path` (a finished request) once nothing is queued there, and
+        each parent left empty that is owed nothing (so idle clients do not pile up)."""
+        chain: list[Fair] = [self]
+        for name in path:
+            node = chain[-1].children.get(name)
             if node is None:
                 return
-        child = node.children.get(leaf)
-        if child is not None and child.size == 0:
-            del node.children[leaf]
+            chain.append(node)
+        for depth in range(len(path), 0, -1):
+            node, parent = chain[depth], chain[depth - 1]
+            leaf = depth == len(path)
+            if node.size or node.children or (not leaf and node.vtime > parent.clock):
+                return
+            del parent.children[path[depth - 1]]
 
     def items_under(self, path: Sequence[Hashable] = ()) -> list[Any]:
         """The items queued beneath the node at `path`."""

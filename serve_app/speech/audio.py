@@ -50,14 +50,29 @@ FORMATS: dict[str, AudioFormat] = {
         # speech at 64 kbit/s, and the same for opus at complexity 5 against 10; measured in
         # load_tests.bench_encoders.
         AudioFormat(
-            "mp3", "audio/mpeg", None, _MP3_RATES, "ffmpeg", "mp3", "libmp3lame", 64000,
+            "mp3",
+            "audio/mpeg",
+            None,
+            _MP3_RATES,
+            "ffmpeg",
+            "mp3",
+            "libmp3lame",
+            64000,
             codec_options={"compression_level": "7"},
         ),  # fmt: skip
         # NOTE: Ogg pages of at most 100 ms (FFmpeg's default: 1 s), so each sentence's audio
         # leaves with it rather than with the next one; ~5% more bytes.
         AudioFormat(
-            "opus", "audio/ogg; codecs=opus", 24000, _OPUS_RATES, "ffmpeg", "ogg", "libopus", 32000,
-            mux_options={"page_duration": "100000"}, codec_options={"compression_level": "5"},
+            "opus",
+            "audio/ogg; codecs=opus",
+            24000,
+            _OPUS_RATES,
+            "ffmpeg",
+            "ogg",
+            "libopus",
+            32000,
+            mux_options={"page_duration": "100000"},
+            codec_options={"compression_level": "5"},
         ),  # fmt: skip
         # ADTS: AAC frames with their own headers, playable as they arrive.
         AudioFormat("aac", "audio/aac", None, _AAC_RATES, "ffmpeg", "adts", "aac", 64000),

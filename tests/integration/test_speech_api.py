@@ -86,7 +86,7 @@ def test_speed_and_sample_rate_extensions(client) -> None:
 def test_discovery_endpoints(client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
-    assert ready["status"] == "ready" and ready["voices"] == ["en_US-joe-medium"]
+    assert ready["status"] == "ready" and ready["model_replicas"] >= 1
     models = [m["id"] for m in client.get("/v1/models").json()["data"]]
     assert "tts-1" in models and "gpt-4o-mini-tts" in models
     (voice,) = client.get("/v1/audio/voices").json()["data"]

@@ -35,7 +35,21 @@ def test_token_bucket_refills_at_its_rate_up_to_its_burst() -> None:
     bucket.take(4)
     assert bucket.wait_s(1) == pytest.approx(0.5)
     clock.now += 10
-    assert bucket.wait_s(4) == 0 and bucket.wait_s(5) == pytest.approx(0.5)  # capped at burst
+    assert bucket.wait_s(4) == 0 and bucket.wait_s(8) == 0  # capped at burst, which...
+    bucket.take(8)  # ...lets a larger request through when full, leaving a debt
+    assert bucket.wait_s(1) == pytest.approx(2.5)
+
+
+def test_a_bucket_share_scales_its_rate_and_burst_and_keeps_how_full_it_is() -> None:
+    clock = Clock()
+    bucket = TokenBucket(rate=4.0, burst=8, clock=clock)
+    bucket.take(4)  # half full
+    bucket.reshare(0.25)  # this replica now enforces 1/s and a burst of 2: one token left
+    assert bucket.wait_s(1) == 0 and bucket.wait_s(2) == pytest.approx(1.0)
+    clock.now += 1.0
+    assert bucket.wait_s(3) == 0  # full: a request larger than its share of burst passes
+    bucket.take(3)
+    assert bucket.wait_s(1) == pytest.approx(2.0)
 
 
 def test_keys_are_checked_by_hash_and_never_kept() -> None:

@@ -98,7 +98,6 @@ def test_streamed_files_decode_progressively(name: str) -> None:
         assert len(data) == len(expected) or name == "mp3"  # a whole mp3 has that header
 
 
-
 def test_flac_is_sent_whole_at_the_end() -> None:
     body, chunks = stream("flac", RATE)
     assert chunks[:-1] == [b""] * len(PIECES)
