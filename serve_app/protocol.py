@@ -5,24 +5,47 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from serve_app.config import Lane
 from serve_app.speech.audio import SUPPORTED
 
 Speed = Annotated[float, Field(ge=0.25, le=4.0)]
-Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
-SampleRate = Annotated[int, Field(ge=8000, le=48000)]
+
+
+def _integral(value: object) -> object:
+    """1.0 is an integer in JSON Schema (and some JSON encoders write it so)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Integral = BeforeValidator(_integral)
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1), Integral]
+MIN_DEADLINE_S = 0.1
+SampleRate = Annotated[int, Field(ge=8000, le=48000), Integral]
 
 
 class SpeechRequest(BaseModel):
     """OpenAI's `POST /v1/audio/speech` body, plus Chorus extensions (`seed`, `sample_rate`)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        # NOTE: the OpenAPI document states what `_timings_need_a_json_answer` enforces.
+        json_schema_extra={
+            "not": {
+                "required": ["timings", "stream_format"],
+                "properties": {"timings": {"const": True}, "stream_format": {"const": "audio"}},
+            }
+        },
+    )
 
     model: str = Field(min_length=1, max_length=128, description="One of GET /v1/models.")
     input: str = Field(
-        min_length=1, description="Text to speak, up to the server's max_input_chars (4096)."
+        min_length=1,
+        description="Text to speak, up to the server's max_input_chars (4096); it must have "
+        "a letter or digit (text with only punctuation, symbols or emoji is a 400).",
+        # NOTE: documented narrower than enforced (any Unicode letter or digit is spoken).
+        json_schema_extra={"pattern": "[A-Za-z0-9]"},
     )
     voice: str = Field(
         min_length=1,
@@ -30,7 +53,9 @@ class SpeechRequest(BaseModel):
         description="A voice id or alias from GET /v1/audio/voices (OpenAI names work).",
     )
     response_format: str = Field(
-        "mp3", description=f"One of {', '.join(SUPPORTED)}. pcm is 16-bit LE mono; aac is ADTS."
+        "mp3",
+        description=f"One of {', '.join(SUPPORTED)}. pcm is 16-bit LE mono; aac is ADTS.",
+        json_schema_extra={"enum": list(SUPPORTED)},
     )
     speed: Speed = Field(1.0, description="0.25 to 4.0; 1.0 is the voice's natural pace.")
     instructions: str | None = Field(
@@ -65,7 +90,8 @@ class SpeechRequest(BaseModel):
     sample_rate: SampleRate | None = Field(
         None,
         description="Chorus extension: output sample rate. Default: 24000 for pcm and opus, "
-        "the voice's own rate otherwise.",
+        "the voice's own rate otherwise. wav, flac and pcm take any rate from 8000 to 48000; "
+        "mp3, opus and aac their standard rates (the schema lists those every format takes).",
     )
     priority: Lane | None = Field(
         None,
@@ -74,10 +100,10 @@ class SpeechRequest(BaseModel):
     )
     deadline_s: float | None = Field(
         None,
-        gt=0,
+        ge=MIN_DEADLINE_S,
         description="Chorus extension: seconds from arrival by which the audio must be "
-        "done. Refused at once with 503 if the queue says it cannot be met; 504 if it runs "
-        "out. Default: the server's request_timeout_s. Header: X-Chorus-Deadline.",
+        "done, at least 0.1. Refused at once with 503 if the queue says it cannot be met; 504 "
+        "if it runs out. Default: the server's request_timeout_s. Header: X-Chorus-Deadline.",
     )
 
     @field_validator("response_format")
@@ -178,6 +204,16 @@ class LaneInfo(BaseModel):
         description="Admitted work that goes before or beside a new request here, in "
         "seconds at the measured rate; past max_backlog_s new requests get 503."
     )
+
+
+class Healthz(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readyz(BaseModel):
+    status: Literal["ready"] = "ready"
+    model_replicas: int = Field(description="Model replicas running (loaded and healthy).")
+    replica_states: dict[str, int] = Field(description="Model replicas by Serve state.")
 
 
 class ModelCard(BaseModel):

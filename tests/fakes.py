@@ -25,11 +25,18 @@ class FakeEngine(Engine):
     """0.1 s of a constant tone per item (value from the seed); sleeps `delay_s` per batch
     (`probe_delay_s` for the replica's speed probe: a model slower than it measured itself;
     half of it with a half-precision `decoder_dtype` in the user_config, as a GPU decoder is
-    faster in half precision); fails on any item containing the POISON phoneme id, which
+    faster in half precision); fails on any item containing the `poison` phoneme id, which
     fails its whole batch."""
 
-    def __init__(self, voices, delay_s: float = 0.0, probe_delay_s: float | None = None) -> None:
+    def __init__(
+        self,
+        voices,
+        delay_s: float = 0.0,
+        probe_delay_s: float | None = None,
+        poison: int | None = POISON,
+    ) -> None:
         self._voices = [v.id for v in voices]
+        self.poison = poison
         self.delay_s = delay_s
         self.probe_delay_s = delay_s if probe_delay_s is None else probe_delay_s
         self.speedup = 1.0
@@ -50,7 +57,7 @@ class FakeEngine(Engine):
     def synthesize(self, items: list[SynthesisItem]) -> list[np.ndarray]:
         probe = all(it.phoneme_ids == PROBE_IDS for it in items)
         time.sleep((self.probe_delay_s if probe else self.delay_s) / self.speedup)
-        if any(POISON in it.phoneme_ids for it in items):
+        if any(self.poison in it.phoneme_ids for it in items):
             raise RuntimeError("poisoned sentence")
         return [np.full(2205, (it.seed % 100) / 200, dtype=np.float32) for it in items]
 

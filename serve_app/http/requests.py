@@ -15,7 +15,7 @@ from serve_app.config import LANE_NAMES, AppConfig
 from serve_app.deadline import Deadline
 from serve_app.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from serve_app.http.responses import validation_message
-from serve_app.protocol import SpeechRequest
+from serve_app.protocol import MIN_DEADLINE_S, SpeechRequest
 from serve_app.speech.context import SpeechCall
 
 
@@ -86,9 +86,9 @@ def urgency(req: SpeechRequest, headers: Any, config: AppConfig) -> tuple[str | 
             deadline = float(headers["x-chorus-deadline"])
         except ValueError:
             deadline = -1.0
-        if not 0 < deadline < float("inf"):
+        if not MIN_DEADLINE_S <= deadline < float("inf"):
             raise BadRequest(
-                "X-Chorus-Deadline must be a positive number of seconds",
+                f"X-Chorus-Deadline must be a number of seconds, at least {MIN_DEADLINE_S:g}",
                 param="deadline_s",
                 code="invalid_deadline",
             )

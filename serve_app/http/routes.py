@@ -12,13 +12,15 @@ from collections import Counter
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Response
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AppConfig, configure_logging
 from serve_app.errors import NotFound
-from serve_app.http import playground
+from serve_app.http import openapi, playground
+from serve_app.http.openapi import SPEECH_BODY, SPEECH_RESPONSES, responses
 from serve_app.http.requests import client_address, read_speech_call
 from serve_app.http.responses import CountRequests, register_error_handlers
 from serve_app.metrics import IngressMetrics
@@ -26,13 +28,12 @@ from serve_app.model.readiness import Readiness
 from serve_app.model.replicas import ModelReplicas
 from serve_app.protocol import (
     AudioModelList,
-    ErrorResponse,
+    Healthz,
     LaneInfo,
     ModelCard,
     ModelList,
     QueueInfo,
-    SpeechRequest,
-    SpeechWithTimings,
+    Readyz,
     VoiceCard,
     VoiceList,
 )
@@ -41,29 +42,18 @@ from serve_app.queue.door import Door
 from serve_app.queue.keys import Client, KeyStore
 from serve_app.queue.meter import Meter, rounded
 from serve_app.queue.shared import RayBoard, SharedLimits, board_name
-from serve_app.speech import audio
 from serve_app.speech.context import Catalogue
 from serve_app.speech.pipeline import Answer, SpeechService
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": text}
-    for code, text in {
-        400: "Invalid request (bad field, unknown voice or format, unspeakable text)",
-        401: "Missing or invalid API key (when the server has keys)",
-        403: "The API key may not use the requested priority lane",
-        413: "Request body too large",
-        415: "Body is not application/json",
-        429: "The API key's rate or concurrency limit; retry after Retry-After seconds",
-        503: "Overloaded, deadline cannot be met, or model unavailable; retry after "
-        "Retry-After seconds",
-        504: "Took longer than the request's deadline",
-    }.items()
-}
-
+# NOTE: /openapi.json and /docs are routes of the ingress below: the document depends on the
+# config (models, voices, limits), which FastAPI's own cached document cannot know.
 app = FastAPI(
     title="Chorus",
     version="0.1.0",
     summary="OpenAI-compatible text-to-speech for many users at once, on Ray Serve.",
+    openapi_url=None,
+    docs_url=None,
+    redoc_url=None,
 )
 register_error_handlers(app)
 app.add_middleware(CountRequests)
@@ -124,6 +114,7 @@ class Ingress:
         )
         app.state.metrics = self.metrics
         app.state.keys = self.keys
+        self.openapi = openapi.document(app, config, self.catalogue.names())
 
     def _shared_limits(self) -> SharedLimits:
         context = serve.get_replica_context()
@@ -158,24 +149,8 @@ class Ingress:
     @app.post(
         "/v1/audio/speech",
         response_class=Response,
-        responses={
-            200: {
-                "content": {
-                    **{f.media_type: {} for f in audio.FORMATS.values()},
-                    "text/event-stream": {},
-                    "application/json": {"schema": SpeechWithTimings.model_json_schema()},
-                },
-                "description": "The audio file; with stream_format, the audio streamed or as "
-                "server-sent events; with timings, JSON.",
-            },
-            **_ERRORS,
-        },
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": SpeechRequest.model_json_schema()}},
-            }
-        },
+        responses=SPEECH_RESPONSES,
+        openapi_extra=SPEECH_BODY,
     )
     async def create_speech(
         self, request: Request, client: Annotated[Client, Depends(authenticated)]
@@ -184,7 +159,7 @@ class Ingress:
         call = await read_speech_call(request, self.config)
         return send(await self.speech.respond(call, client))
 
-    @app.get("/v1/queue", response_model=QueueInfo, dependencies=AUTH)
+    @app.get("/v1/queue", response_model=QueueInfo, responses=responses(), dependencies=AUTH)
     async def queue(self) -> QueueInfo:
         """This ingress replica's outstanding work, and the wait a new request would see,
         overall and per priority lane."""
@@ -218,14 +193,14 @@ class Ingress:
         names = [t.get_name() for t in asyncio.all_tasks()]
         return dict(Counter(n for n in names if n.startswith("chorus-")))
 
-    @app.get("/v1/models", response_model=ModelList, dependencies=AUTH)
+    @app.get("/v1/models", response_model=ModelList, responses=responses(), dependencies=AUTH)
     async def list_models(self) -> ModelList:
         return ModelList(data=[ModelCard(id=m) for m in self.config.models])
 
     @app.get(
         "/v1/models/{model_id}",
         response_model=ModelCard,
-        responses={404: _ERRORS[400]},
+        responses=responses(404),
         dependencies=AUTH,
     )
     async def get_model(self, model_id: str) -> ModelCard:
@@ -235,13 +210,15 @@ class Ingress:
             )
         return ModelCard(id=model_id)
 
-    @app.get("/v1/audio/models", response_model=AudioModelList, dependencies=AUTH)
+    @app.get(
+        "/v1/audio/models", response_model=AudioModelList, responses=responses(), dependencies=AUTH
+    )
     async def list_audio_models(self) -> AudioModelList:
         """The speech models (what Open WebUI asks for)."""
         cards = [ModelCard(id=m) for m in self.config.models]
         return AudioModelList(data=cards, models=cards)
 
-    @app.get("/v1/audio/voices", response_model=VoiceList, dependencies=AUTH)
+    @app.get("/v1/audio/voices", response_model=VoiceList, responses=responses(), dependencies=AUTH)
     async def list_voices(self) -> VoiceList:
         """Every voice a request can name: each speaker of a multi-speaker voice is one."""
         aliases: dict[str, list[str]] = {}
@@ -268,13 +245,25 @@ class Ingress:
         body = playground.page(request.scope.get("root_path", ""), not keys.open)
         return HTMLResponse(body, headers=playground.HEADERS)
 
-    @app.get("/healthz")
-    async def healthz(self) -> dict[str, str]:
-        """The ingress process is up."""
-        return {"status": "ok"}
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_document(self, request: Request) -> JSONResponse:
+        root = request.scope.get("root_path", "")
+        servers = [{"url": root}] if root else []
+        return JSONResponse({**self.openapi, **({"servers": servers} if servers else {})})
 
-    @app.get("/readyz", responses={503: _ERRORS[503]})
-    async def readyz(self) -> dict[str, Any]:
+    @app.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request) -> HTMLResponse:
+        """Interactive docs (Swagger UI) of /openapi.json."""
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title="Chorus API")
+
+    @app.get("/healthz", response_model=Healthz)
+    async def healthz(self) -> Healthz:
+        """The ingress process is up."""
+        return Healthz()
+
+    @app.get("/readyz", response_model=Readyz, responses={503: responses()[503]})
+    async def readyz(self) -> Readyz:
         """A model replica is loaded and healthy (busy or not): Serve's controller has it
         running. 503 `not_ready` while none is (dead, wedged, or still loading)."""
-        return await self.readiness.check()
+        return Readyz(**await self.readiness.check())

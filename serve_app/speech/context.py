@@ -61,6 +61,10 @@ class Catalogue:
             raise KeyError(f"no such voice; available: {', '.join(known)}")
         return self.voices[voice_id].speaker(speaker if colon else None)
 
+    def names(self) -> list[str]:
+        """Every name a request's `voice` may say: voice ids, speaker ids, aliases."""
+        return sorted({*self.voices, *(s.id for s in self.speakers()), *self.aliases})
+
     def speakers(self) -> list[Speaker]:
         """Every voice a request can name (each speaker of each voice), in config order."""
         return [s for info in self.voices.values() for s in info.all_speakers()]
