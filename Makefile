@@ -8,9 +8,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: serve test lint bench browser
 # RAY_max_direct_call_object_size: a sentence's audio (up to ~45 s) returns inline, not
-# through the object store (README, "Sizing a GPU node").
+# through the object store (README, "Sizing a GPU node"). FORWARDED_ALLOW_IPS="": Serve's
+# HTTP proxy believes no X-Forwarded-For; Chorus's trusted_proxies decides (README, Security).
 serve: $(SERVING)  ## the server with the packaged voice on http://127.0.0.1:8000
-	RAY_max_direct_call_object_size=4000000 $(BIN)/serve run deploy/serve_config.yaml
+	RAY_max_direct_call_object_size=4000000 FORWARDED_ALLOW_IPS= $(BIN)/serve run deploy/serve_config.yaml
 
 test: $(STAMP) browser  ## lint, then every test (the cluster tests start a Ray cluster of their own)
 	$(BIN)/ruff check .

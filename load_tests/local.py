@@ -17,8 +17,9 @@ SERVE_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "serve_config
 
 
 # What `make serve` and deploy/Dockerfile give every Ray process: a sentence's audio (up to
-# ~45 s) returns inline, not through the object store (README, "Sizing a GPU node").
-RAY_ENV = {"RAY_max_direct_call_object_size": "4000000"}
+# ~45 s) returns inline, not through the object store (README, "Sizing a GPU node"); Serve's
+# HTTP proxy believes no X-Forwarded-For, so Chorus's trusted_proxies decides (README, Security).
+RAY_ENV = {"RAY_max_direct_call_object_size": "4000000", "FORWARDED_ALLOW_IPS": ""}
 
 
 def free_port() -> int:

@@ -53,3 +53,46 @@ async def replica_stats_async(app: str) -> dict:
     from ray import serve
 
     return await serve.get_deployment_handle("Synthesizer", app_name=app).stats.remote()
+
+
+async def race(
+    url: str, groups: dict[str, tuple[int, dict[str, str]]], answers: int
+) -> dict[str, int]:
+    """`groups` (name -> concurrent clients, their headers) post one-sentence pcm requests
+    back to back until `answers` came back while every client was busy; each group's count.
+    Any answer but 200 fails the race."""
+    import asyncio
+
+    import httpx
+
+    ok = dict.fromkeys(groups, 0)
+    stop = asyncio.Event()
+    async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+
+        async def client(group: str, n: int, headers: dict[str, str]) -> None:
+            while not stop.is_set():
+                text = f"Request {n} of {group}."
+                r = await c.post(
+                    "/v1/audio/speech",
+                    json={
+                        "model": "tts-1",
+                        "voice": "alloy",
+                        "input": text,
+                        "response_format": "pcm",
+                    },
+                    headers=headers,
+                )
+                assert r.status_code == 200, r.text
+                if not stop.is_set():
+                    ok[group] += 1
+                if sum(ok.values()) >= answers:
+                    stop.set()
+
+        await asyncio.gather(
+            *(
+                client(group, n, headers)
+                for group, (count, headers) in groups.items()
+                for n in range(count)
+            )
+        )
+    return ok

@@ -23,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from load_tests.local import free_port
+from load_tests.local import RAY_ENV, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVE = str(Path(sys.executable).with_name("serve"))
@@ -73,6 +73,7 @@ def cluster() -> Iterator[FakeCluster]:
 
     # NOTE: every Ray process inherits these: replicas and handles report autoscaling metrics
     # every half second (10 s by default), and workers can import `tests.cluster.apps`.
+    os.environ.update(RAY_ENV)  # as `make serve` and the image set them
     os.environ["RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] = "0.5"
     os.environ["RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] = "0.5"
     os.environ["PYTHONPATH"] = os.pathsep.join(

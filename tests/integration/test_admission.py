@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import replica_stats, replica_stats_async
+from tests.helpers import race, replica_stats, replica_stats_async
 from tests.integration.conftest import assert_envelope, fake_app, sse_events
 
 pytestmark = pytest.mark.timeout(180)
@@ -136,26 +136,8 @@ def test_interactive_requests_finish_before_batch_work_that_was_queued_first(doo
 
 
 def test_a_light_key_gets_its_fair_share_against_a_key_sending_10x_more(door: str) -> None:
-    async def run() -> dict[str, int]:
-        ok = {"light": 0, "heavy": 0}
-        stop = asyncio.Event()
-        async with httpx.AsyncClient(base_url=door, timeout=60) as c:
-
-            async def worker(key: str, n: int) -> None:
-                while not stop.is_set():
-                    _, r = await timed(c, key, body(f"Request {n} of {key}."), headers=auth(key))
-                    assert r.status_code == 200, r.text
-                    if not stop.is_set():  # what came back while both keys were busy
-                        ok[key] += 1
-                    if sum(ok.values()) >= 60:
-                        stop.set()
-
-            await asyncio.gather(
-                *(worker("heavy", n) for n in range(30)), *(worker("light", n) for n in range(3))
-            )
-        return ok
-
-    ok = asyncio.run(run())
+    groups = {"heavy": (30, auth("heavy")), "light": (3, auth("light"))}
+    ok = asyncio.run(race(door, groups, answers=60))
     # first come, first served would give the light key 3/33 (9%); its fair share is half
     share = ok["light"] / sum(ok.values())
     assert share >= 0.4, ok
