@@ -126,6 +126,19 @@ async def open_loop(
     }
 
 
+async def offered(
+    url: str, rate: float, seconds: float, headers: dict[str, str] | None = None, seed: int = 1
+) -> dict:
+    """One-sentence whole-file requests to Chorus at `url` at `rate`/s (`open_loop`), with
+    `headers` (an API key): what a limited client is let through."""
+    body = {"model": "tts-1", "voice": "alloy", "input": "Hello there.", "stream_format": "file"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        speech = f"{url}/v1/audio/speech"
+        return await open_loop(
+            lambda i: post(session, speech, body, 30), rate, seconds, seed, getter(session, url)
+        )
+
+
 async def probe(request: Callable[[], Awaitable[None]], out: list[float]) -> None:
     """Time `request()` every 100 ms: the floor under a refusal's latency at that moment."""
     while True:

@@ -16,9 +16,7 @@ def session(model_path: Path | str):
     return ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
 
 
-def synthesize(
-    session, phoneme_ids, noise: bool = False, speaker: int | None = None
-) -> np.ndarray:
+def synthesize(session, phoneme_ids, noise: bool = False, speaker: int | None = None) -> np.ndarray:
     """One sentence's audio; noise off gives the deterministic output parity is checked on.
     `speaker`: the speaker id of a multi-speaker voice."""
     scales = (0.667, 1.0, 0.8) if noise else (0.0, 1.0, 0.0)
