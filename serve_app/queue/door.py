@@ -1,10 +1,12 @@
 """The door: every speech request is admitted or refused here, at once, before any of its work
 (phonemization included).
 
-In order: the key's lane (403), its requests in progress and token buckets (429), then the
-server's room: requests in progress, admitted work against `max_backlog_s`, and the request's
-own deadline against its estimated finish (503). Every estimate, Retry-After included, comes
-from the meter, which has a rate from the first request on (the replicas' own probes).
+In order: the client's lane (403); its requests in progress and token buckets (429), which
+hold across ingress replicas (`queue.shared`: this replica enforces its share, and counts the
+client's requests elsewhere); then the server's room: requests in progress, admitted work
+against `max_backlog_s`, and the request's own deadline against its estimated finish (503).
+Every estimate, Retry-After included, comes from the meter, which has a rate from the first
+request on (the replicas' own probes).
 """
 
 from __future__ import annotations

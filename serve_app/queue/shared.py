@@ -20,7 +20,6 @@ the requests of every limited client with 503 until the board answers again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -194,9 +193,3 @@ class SharedLimits:
 def board_name(app: str) -> str:
     return f"chorus-limits:{app}"
 
-
-async def stop(task: asyncio.Task[None] | None) -> None:
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
