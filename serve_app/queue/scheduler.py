@@ -90,7 +90,10 @@ class Fair:
 
     def discard(self, path: Sequence[Hashable]) -> None:
         """Forget the leaf at `path` (a finished request) once nothing is queued there, and
-        each parent left empty that is owed nothing (so idle clients do not pile up)."""
+        each parent it leaves empty (so the clients of an open server do not pile up).
+
+        NOTE: a node's virtual time is at most one item's charge ahead of its parent's clock
+        (it was the least when last served), so forgetting it forgives at most that."""
         chain: list[Fair] = [self]
         for name in path:
             node = chain[-1].children.get(name)
@@ -98,11 +101,10 @@ class Fair:
                 return
             chain.append(node)
         for depth in range(len(path), 0, -1):
-            node, parent = chain[depth], chain[depth - 1]
-            leaf = depth == len(path)
-            if node.size or node.children or (not leaf and node.vtime > parent.clock):
+            node = chain[depth]
+            if node.size or node.children:
                 return
-            del parent.children[path[depth - 1]]
+            del chain[depth - 1].children[path[depth - 1]]
 
     def items_under(self, path: Sequence[Hashable] = ()) -> list[Any]:
         """The items queued beneath the node at `path`."""

@@ -268,3 +268,16 @@ def test_failed_work_leaves_the_queue() -> None:
         assert backlog.state().items == 0 and backlog.in_flight == 0
 
     asyncio.run(run())
+
+
+def test_a_client_with_nothing_in_progress_is_forgotten_by_the_scheduler() -> None:
+    async def run() -> None:
+        clock, replica = Clock(), Replica()
+        backlog = make_backlog(replica, clock, 1)
+        for n in range(50):  # an open server sees many addresses, each briefly
+            work = backlog.request("interactive", client=f"192.0.2.{n}")
+            work(item(10, seed=n))
+            await replica.finish_next(backlog, clock)
+            work.close(completed=True)
+        assert backlog._queue.children == {}  # no client left, nor their lane
+    asyncio.run(run())
