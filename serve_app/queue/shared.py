@@ -33,6 +33,7 @@ from serve_app.queue.keys import KeyStore
 logger = logging.getLogger("ray.serve.chorus.shared")
 
 STALE_AFTER = 3  # reports missed before the fallback applies
+FIRST_CONTACT_S = 15.0  # the first report may have to wait for the board's process to start
 FORGET_AFTER = 4  # report intervals after which a silent replica no longer counts
 NAMESPACE = "serve"  # where operators find the board: ray.get_actor(name, NAMESPACE)
 FLOOR = 0.1  # an idle replica's part of a client's rate, relative to an equal split
@@ -122,13 +123,10 @@ class SharedLimits:
     fallback: str = "local"
     clock: Callable[[], float] = time.monotonic
     replicas: int = 1
-    _synced: float = field(default=0.0, init=False)
+    _answered: bool = field(default=False, init=False)
     _demand: dict[str, float] = field(default_factory=dict, init=False)
     _last: float | None = field(default=None, init=False)
     _failures: int = field(default=0, init=False)
-
-    def __post_init__(self) -> None:
-        self._synced = self.clock()  # a new replica is not stale: it has not tried yet
 
     @property
     def refusing(self) -> bool:
@@ -137,7 +135,8 @@ class SharedLimits:
 
     @property
     def stale(self) -> bool:
-        return self.clock() - self._synced > STALE_AFTER * self.every_s
+        """The last STALE_AFTER reports failed (each fails within its interval)."""
+        return self._failures >= STALE_AFTER
 
     async def run(self) -> None:
         """Report every `every_s` until cancelled."""
@@ -148,8 +147,9 @@ class SharedLimits:
     async def sync(self) -> None:
         """One report and its answer applied; a failure is logged (once per outage)."""
         usage = self.usage()
+        timeout = self.every_s if self._answered else FIRST_CONTACT_S
         try:
-            answer = await asyncio.wait_for(self.board.report(self.replica, usage), self.every_s)
+            answer = await asyncio.wait_for(self.board.report(self.replica, usage), timeout)
         except Exception as exc:  # unreachable, dead, slow: the fallback decides
             self._failures += 1
             if self._failures == STALE_AFTER:
@@ -162,7 +162,7 @@ class SharedLimits:
         if self._failures >= STALE_AFTER:
             logger.info("shared limits: board answers again (%d replicas)", answer.replicas)
         self._failures = 0
-        self._synced = self.clock()
+        self._answered = True
         self.replicas = answer.replicas
         self.keys.reshare(answer.shares, 1 / answer.replicas)
         for client in self.keys.clients():
@@ -192,4 +192,3 @@ class SharedLimits:
 
 def board_name(app: str) -> str:
     return f"chorus-limits:{app}"
-
