@@ -94,5 +94,6 @@ def test_discovery_endpoints(client) -> None:
     assert voice["language"] == "en_US" and "alloy" in voice["aliases"]
     schema = client.get("/openapi.json").json()
     body = schema["paths"]["/v1/audio/speech"]["post"]["requestBody"]["content"]
-    props = body["application/json"]["schema"]["properties"]
+    ref = body["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+    props = schema["components"]["schemas"][ref]["properties"]
     assert {"seed", "sample_rate", "speed", "response_format"} <= set(props)
