@@ -60,9 +60,11 @@ class TokenBucket:
         self._tokens -= n
 
     def reshare(self, share: float) -> None:
-        """Enforce `share` of the rate and burst from now on; the bucket stays as full."""
+        """Enforce `share` of the rate and burst from now on; the bucket stays as full (a
+        debt stays what it is: scaled, a debt left by a small share would grow)."""
         self.wait_s(0)  # refilled at the old share up to now
-        self._tokens *= share / self.share
+        if self._tokens > 0:
+            self._tokens *= share / self.share
         self.share = share
 
 

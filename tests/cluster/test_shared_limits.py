@@ -80,8 +80,9 @@ def test_a_key_limited_to_n_per_s_gets_n_per_s_across_two_ingress_replicas(
     print(result)
     assert set(result["statuses"]) <= {"200", "429"}, result
     assert result["ok"] <= allowed(result["elapsed_s"]), result
-    # and not starved either: one replica's share alone would be about half of this
-    assert result["ok"] >= RATE * SECONDS * 0.8, result
+    # and not starved either (a client whose traffic moves between replicas loses up to
+    # about a second of its rate each time, while the shares follow)
+    assert result["ok"] >= RATE * SECONDS * 0.75, result
 
 
 def test_a_light_key_keeps_its_fair_share_across_two_ingress_replicas(

@@ -50,6 +50,8 @@ def test_a_bucket_share_scales_its_rate_and_burst_and_keeps_how_full_it_is() -> 
     assert bucket.wait_s(3) == 0  # full: a request larger than its share of burst passes
     bucket.take(3)
     assert bucket.wait_s(1) == pytest.approx(2.0)
+    bucket.reshare(1.0)  # its traffic moved here: the debt of one token stays one token
+    assert bucket.wait_s(1) == pytest.approx(0.5)
 
 
 def test_keys_are_checked_by_hash_and_never_kept() -> None:

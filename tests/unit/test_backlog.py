@@ -280,4 +280,5 @@ def test_a_client_with_nothing_in_progress_is_forgotten_by_the_scheduler() -> No
             await replica.finish_next(backlog, clock)
             work.close(completed=True)
         assert backlog._queue.children == {}  # no client left, nor their lane
+
     asyncio.run(run())

@@ -4,6 +4,7 @@ readiness from the controller's view of the model replicas."""
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 from starlette.datastructures import Headers
@@ -20,6 +21,7 @@ from tests.fakes import Clock, Replica, make_backlog
 
 pytestmark = pytest.mark.timeout(30)
 
+KEY = "k" * 32
 LIMITED = {"open_limits": {"requests_per_s": 4, "requests_burst": 4, "max_concurrent": 3}}
 
 
@@ -27,6 +29,10 @@ class FakeRequest:
     def __init__(self, peer: str | None, **headers: str) -> None:
         self.client = None if peer is None else type("Peer", (), {"host": peer})()
         self.headers = Headers({k.replace("_", "-"): v for k, v in headers.items()})
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
 
 
 def address(peer: str | None, trusted: list[str] | None = None, **headers: str) -> str | None:
@@ -184,3 +190,53 @@ def test_readiness_follows_the_controllers_running_replicas_not_their_load() -> 
             await ready.check()
 
     asyncio.run(run())
+
+
+async def admitted_per_s(split, seconds: float = 40.0, rate: float = 16.0) -> float:
+    """A key limited to 4/s (burst 4) sending `rate`/s through two replicas that share its
+    limits; `split(t)` is the share of its requests replica 0 gets at time t. Simulated time,
+    reports every 0.5 s (staggered), as the ingress replicas make them."""
+    cfg = AppConfig.model_validate(
+        {
+            "api_keys": [
+                {
+                    "name": "k",
+                    "key": KEY,
+                    "limits": {"requests_per_s": 4, "chars_per_s": None, "requests_burst": 4},
+                }
+            ]
+        }
+    )
+    rng, clock = random.Random(7), Clock()
+    board = FlakyBoard()
+    board.board = Board(every_s=0.5, clock=clock)
+    replicas = []
+    for n in range(2):
+        keys = KeyStore(cfg, clock=clock)
+        replicas.append((keys, SharedLimits(keys, dict, board, f"r{n}", 0.5, "local", clock)))
+    start, admitted, due = clock.now, 0, [0.0, 0.25]
+    while clock.now < start + seconds:
+        arrival = clock.now + rng.expovariate(rate)
+        for n, (_, shared) in enumerate(replicas):
+            while start + due[n] <= arrival:
+                clock.now = max(clock.now, start + due[n])
+                await shared.sync()
+                due[n] += 0.5
+        clock.now = arrival
+        keys, _ = replicas[0 if rng.random() < split(clock.now - start) else 1]
+        client = keys.authenticate(bearer(KEY))
+        client.asked += 1
+        if client.rate_wait_s(0) == 0:
+            client.charge(0)
+            admitted += 1
+    return admitted / seconds
+
+
+@pytest.mark.parametrize(
+    "split",
+    [lambda t: 0.5, lambda t: 0.8, lambda t: float(int(t / 10) % 2)],
+    ids=["even", "80-20", "moving every 10 s"],
+)
+def test_shares_follow_where_a_clients_requests_arrive_without_passing_its_rate(split) -> None:
+    per_s = asyncio.run(admitted_per_s(split))
+    assert 4 * 0.85 <= per_s <= 4 * 1.05 + 4 / 40, per_s
