@@ -74,6 +74,10 @@ def cluster() -> Iterator[FakeCluster]:
     # NOTE: every Ray process inherits these: replicas and handles report autoscaling metrics
     # every half second (10 s by default), and workers can import `tests.cluster.apps`.
     os.environ.update(RAY_ENV)  # as `make serve` and the image set them
+    # NOTE: Serve's proxy prefers replicas on its own node; with one proxy here, that would
+    # send every request to whichever ingress replica shares the head node. Spread them, as a
+    # load balancer in front of a proxy on every node spreads them in a real cluster.
+    os.environ["RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING"] = "0"
     os.environ["RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] = "0.5"
     os.environ["RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] = "0.5"
     os.environ["PYTHONPATH"] = os.pathsep.join(

@@ -65,6 +65,12 @@ def reporting_replicas() -> int:
     return len(ray.get(board().snapshot.remote(), timeout=10))
 
 
+def clients_seen() -> list[list[str]]:
+    """The limited clients each ingress replica has had requests from lately."""
+    snapshot = ray.get(board().snapshot.remote(), timeout=10)
+    return sorted(sorted(r["usage"]) for r in snapshot.values())
+
+
 def allowed(seconds: float) -> float:
     """The most requests the capped key may have answered in `seconds`, within tolerance."""
     return BURST + RATE * seconds * (1 + TOLERANCE)
@@ -78,6 +84,7 @@ def test_a_key_limited_to_n_per_s_gets_n_per_s_across_two_ingress_replicas(
     wait_for(lambda: reporting_replicas() == 2, 30, "both ingress replicas reporting")
     result = asyncio.run(offered(cluster.url, 4 * RATE, SECONDS, auth("capped")))
     print(result)
+    assert clients_seen() == [["capped"], ["capped"]]  # both replicas had its requests
     assert set(result["statuses"]) <= {"200", "429"}, result
     assert result["ok"] <= allowed(result["elapsed_s"]), result
     # and not starved either (a client whose traffic moves between replicas loses up to
