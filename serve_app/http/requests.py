@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import Request
 from pydantic import ValidationError
+from starlette.datastructures import Headers
 
 from serve_app.config import LANE_NAMES, AppConfig
 from serve_app.deadline import Deadline
@@ -129,10 +130,10 @@ def client_address(request: Request, trusted: Sequence[Network]) -> str | None:
     return str(hop)
 
 
-def forwarded_chain(headers: Any) -> list[str]:
+def forwarded_chain(headers: Headers) -> list[str]:
     """The client-to-proxy chain of addresses a request went through, from its `Forwarded`
     (RFC 7239) header or else `X-Forwarded-For`, first client first."""
-    forwarded = headers.getlist("forwarded") if hasattr(headers, "getlist") else []
+    forwarded = headers.getlist("forwarded")
     if forwarded:
         chain = []
         for element in ",".join(forwarded).split(","):
@@ -141,7 +142,7 @@ def forwarded_chain(headers: Any) -> list[str]:
                 if name.lower() == "for":
                     chain.append(value.strip().strip('"'))
         return chain
-    xff = headers.getlist("x-forwarded-for") if hasattr(headers, "getlist") else []
+    xff = headers.getlist("x-forwarded-for")
     return [a.strip() for a in ",".join(xff).split(",") if a.strip()]
 
 
