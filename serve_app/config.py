@@ -336,11 +336,14 @@ class AppConfig(_Strict):
         return openai | self.voice_aliases
 
     @property
+    def open_api(self) -> bool:
+        """No API keys: every client address may call."""
+        return not self.api_keys and self.api_keys_file is None
+
+    @property
     def has_limits(self) -> bool:
         """Whether any client can have a limit (with keys, a keys file may add some)."""
-        if self.api_keys or self.api_keys_file is not None:
-            return True
-        return self.open_limits.on
+        return not self.open_api or self.open_limits.on
 
     @property
     def proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:

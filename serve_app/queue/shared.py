@@ -122,7 +122,6 @@ class SharedLimits:
     every_s: float = 0.5
     fallback: str = "local"
     clock: Callable[[], float] = time.monotonic
-    replicas: int = 1
     _answered: bool = field(default=False, init=False)
     _demand: dict[str, float] = field(default_factory=dict, init=False)
     _last: float | None = field(default=None, init=False)
@@ -163,7 +162,6 @@ class SharedLimits:
             logger.info("shared limits: board answers again (%d replicas)", answer.replicas)
         self._failures = 0
         self._answered = True
-        self.replicas = answer.replicas
         self.keys.reshare(answer.shares, 1 / answer.replicas)
         for client in self.keys.clients():
             client.elsewhere = answer.elsewhere.get(client.name, 0)
