@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SERVING := $(VENV)/.installed-serving
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint bench browser
+.PHONY: serve test lint bench browser gpu-bundle gpu-check
 # RAY_max_direct_call_object_size: a sentence's audio (up to ~45 s) returns inline, not
 # through the object store (README, "Sizing a GPU node"). FORWARDED_ALLOW_IPS="": Serve's
 # HTTP proxy believes no X-Forwarded-For; Chorus's trusted_proxies decides (README, Security).
@@ -27,6 +27,12 @@ bench: $(STAMP)  ## the comparison with peers, then engine, encoders, serving la
 	$(BIN)/python -m load_tests.bench_streaming
 	$(BIN)/python -m load_tests.bench_admission
 	$(BIN)/python -m load_tests.bench_scale_out
+
+gpu-bundle: $(SERVING)  ## the offline bundle for a GPU host without a package index: .offline/, parts <= 60 MiB
+	$(BIN)/python -m load_tests.offline_bundle
+
+gpu-check:  ## on a GPU host: unpack .offline/, pytest tests/gpu, bench_gpu, bench_server_gpu (skips without CUDA)
+	bash load_tests/gpu_host.sh
 
 browser:  ## Debian's Chromium, for the playground's browser test (which skips without it)
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \

@@ -12,7 +12,8 @@ order, with fresh seeds each round. For each setting of the decoder (precision, 
   difference) and, noise off, the worst difference from onnxruntime on 16 items;
 - per batch size, items in arrival order as one padded batch against length groups
   (`plan_groups`): audio-seconds per second (median of rounds), padding efficiency (real /
-  padded decoder frames), the share of time in the decoder, and peak GPU memory.
+  padded decoder frames), the split of time between the phoneme stage, the flow, the
+  decoder and the rest (a round of its own, device synced around each stage), and peak GPU memory.
 
 Results go to `results/gpu_<device name>.json`; `--device cpu` checks the script itself.
 """
@@ -41,19 +42,25 @@ SETTINGS = {
 ONE_GROUP = 10**12  # group overhead that makes any batch one padded group: arrival order
 
 
-class TimedDecoder:
-    """Wraps a voice's decoder runner to add up the time spent in it (device synced)."""
+class Timed:
+    """Wraps one stage of a voice (a method or its decoder runner) to add up the time spent
+    in it, the device synced before and after."""
 
-    def __init__(self, runner, sync) -> None:
-        self.runner, self.sync, self.seconds = runner, sync, 0.0
+    def __init__(self, stage, sync) -> None:
+        self.stage, self.sync, self.seconds = stage, sync, 0.0
 
-    def __call__(self, z, mask, g=None):
+    def __call__(self, *args):
         self.sync()
         start = time.perf_counter()
-        out = self.runner(z, mask, g)
+        out = self.stage(*args)
         self.sync()
         self.seconds += time.perf_counter() - start
         return out
+
+
+# Where a batch's time goes: the phoneme stage (text encoder, durations), the frame stage
+# before the decoder (alignment, noise, flow), the decoder; the rest is planning and copies.
+STAGES = {"phoneme_stage": "align", "flow": "latents", "decoder": "decoder"}
 
 
 def exactness(engine: PiperEngine, items, session) -> dict:
@@ -78,12 +85,12 @@ def exactness(engine: PiperEngine, items, session) -> dict:
 def run_batches(engine: PiperEngine, items, batch: int, rounds: int, sync) -> dict:
     voice = engine.voice(items[0].voice)
     rate, hop = voice.info.sample_rate, voice.params.hop_length
-    speeds, efficiencies = [], []
-    for r in range(rounds + 1):  # round 0 warms this batch size and measures the split
+    speeds, efficiencies, split = [], [], {}
+    for r in range(rounds + 2):  # round 0 warms this batch size, round 1 measures the split
         fresh = [replace(it, seed=it.seed + 7919 * (r + 1)) for it in items]
-        timed = TimedDecoder(voice.decoder, sync) if r == 0 else None
-        if timed is not None:
-            voice.decoder = timed
+        timed = {k: Timed(getattr(voice, a), sync) for k, a in STAGES.items()} if r == 1 else {}
+        for key, stage in timed.items():
+            setattr(voice, STAGES[key], stage)
         sync()
         start, samples = time.perf_counter(), 0
         for k in range(0, len(fresh), batch):
@@ -91,15 +98,17 @@ def run_batches(engine: PiperEngine, items, batch: int, rounds: int, sync) -> di
             efficiencies.append(engine.padding_efficiency)
         sync()
         seconds = time.perf_counter() - start
-        if timed is not None:
-            voice.decoder = timed.runner
-            decoder_share = timed.seconds / seconds
-        else:
+        if timed:
+            voice.decoder = timed["decoder"].stage
+            del voice.align, voice.latents  # the methods again
+            split = {key: round(t.seconds / seconds, 3) for key, t in timed.items()}
+            split["other"] = round(1 - sum(split.values()), 3)
+        elif r > 1:
             speeds.append(samples / rate / seconds)
     return {
         "audio_s_per_s": round(median(speeds), 1),
         "padding_efficiency": round(float(np.mean(efficiencies)), 3),
-        "decoder_share": round(decoder_share, 3),
+        "time_split": split,
         "frames_per_item": round(samples / hop / len(items), 1),
     }
 

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -18,7 +19,7 @@ from ray import serve
 from serve_app.config import SynthesizerUserConfig, VoiceSource, configure_logging
 from serve_app.errors import ItemTooLarge, SynthesisError
 from serve_app.metrics import SynthesizerMetrics
-from serve_app.model.engines.base import Engine, SynthesisItem, Synthesized
+from serve_app.model.engines.base import Engine, SynthesisItem, Synthesized, is_out_of_memory
 from serve_app.model.profile import SpeedProfile, measure
 
 logger = logging.getLogger("ray.serve.chorus.synthesizer")
@@ -32,13 +33,6 @@ def use_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """A device allocation failed (torch raises RuntimeError subclasses for it)."""
-    import torch
-
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 def cuda_usable() -> bool:
@@ -88,6 +82,8 @@ class Synthesizer:
         self.items_run = 0  # sentence items the engine has been given, ever
         self.batches_run = 0
         self.out_of_memory = 0  # batches that ran out of device memory
+        self.batch_sizes: Counter[int] = Counter()  # batches run, by size
+        self.padding = [0.0, 0]  # sum of batches' padding efficiency, batches that gave one
         self._sizes: dict[str, list[int]] = {"ok": [], "oom": []}  # of the batch now running
         self._running_since: float | None = None  # when the batch now running started
         self.replica = serve.get_replica_context().replica_id.unique_id
@@ -188,6 +184,7 @@ class Synthesizer:
         m = self.metrics
         m.batch_seconds.observe(seconds)
         m.batch_size.observe(len(items))
+        self.batch_sizes[len(items)] += 1
         audio_s = 0.0
         for item, result in zip(items, results, strict=True):
             tags = {"voice": item.voice}
@@ -200,6 +197,8 @@ class Synthesizer:
             m.real_time_factor.observe(seconds / audio_s)
         if self.engine.padding_efficiency is not None:
             m.padding_efficiency.observe(self.engine.padding_efficiency)
+            self.padding[0] += self.engine.padding_efficiency
+            self.padding[1] += 1
         if self._cuda:
             import torch
 
@@ -267,6 +266,9 @@ class Synthesizer:
             "items": self.items_run,
             "batches": self.batches_run,
             "out_of_memory": self.out_of_memory,
+            "batch_sizes": dict(self.batch_sizes),
+            "padding_efficiency_sum": self.padding[0],
+            "padding_batches": self.padding[1],
             "max_batch_size": self.max_batch_size,
             "replica": self.replica,
             "node": ray.get_runtime_context().get_node_id(),

@@ -13,7 +13,6 @@ import struct
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-import av
 import numpy as np
 import soundfile as sf
 import soxr
@@ -241,6 +240,11 @@ class _FfmpegWriter:
     """
 
     def __init__(self, fmt: AudioFormat, rate: int, whole: bool = False) -> None:
+        # NOTE: imported here: only mp3, opus and aac need FFmpeg, and a process that never
+        # encodes them (a model replica, a GPU host's offline bundle) never loads it.
+        import av
+
+        self._av = av
         self._rate = rate
         self._sink: _AppendOnly | io.BytesIO = io.BytesIO() if whole else _AppendOnly()
         self._container = av.open(
@@ -254,7 +258,7 @@ class _FfmpegWriter:
     def write(self, audio: np.ndarray) -> bytes:
         if not audio.size:
             return b""
-        frame = av.AudioFrame.from_ndarray(
+        frame = self._av.AudioFrame.from_ndarray(
             np.clip(audio, -1.0, 1.0).reshape(1, -1), format="flt", layout="mono"
         )
         frame.sample_rate = self._rate

@@ -14,6 +14,7 @@ import torch
 
 from load_tests import onnx_reference, phonemes
 from serve_app.config import SynthesizerUserConfig
+from serve_app.model.engines.base import is_out_of_memory
 from serve_app.model.engines.noise import gaussian
 from serve_app.model.engines.piper import PiperEngine
 from serve_app.model.engines.precision import snr_db
@@ -85,3 +86,40 @@ def test_compiled_and_half_decoders(engine, items) -> None:
         assert a.shape == b.shape == c.shape
         assert np.abs(a - b).max() <= 1e-4
         assert snr_db(a, c) >= 35
+
+
+def test_a_real_out_of_memory_is_recognised_and_split_batches_keep_every_items_audio(
+    engine, items
+) -> None:
+    """Memory held until 1.5 GiB is left: 64 sentences as one padded group run out of device
+    memory; the replica's test (`is_out_of_memory`) recognises what CUDA raised, and halves,
+    as the replica retries them, give every item the audio it gets without the pressure."""
+    batch = items[:64]
+    expected = engine.synthesize(batch)
+    overhead, budget = engine.group_overhead_frames, engine.max_batch_frames
+    torch.cuda.empty_cache()
+    free, _ = torch.cuda.mem_get_info()
+    held = torch.empty(free - int(1.5 * 2**30), dtype=torch.uint8, device="cuda")
+    failures: list[BaseException] = []
+
+    def split(part):
+        try:
+            return engine.synthesize(part)
+        except Exception as exc:  # noqa: BLE001 - what the device raised is the point
+            failures.append(exc)
+            if not is_out_of_memory(exc) or len(part) == 1:
+                raise
+            torch.cuda.empty_cache()
+            return split(part[: len(part) // 2]) + split(part[len(part) // 2 :])
+
+    try:
+        engine.group_overhead_frames, engine.max_batch_frames = 10**12, 10**9  # one group
+        got = split(batch)
+    finally:
+        del held
+        engine.group_overhead_frames, engine.max_batch_frames = overhead, budget
+        torch.cuda.empty_cache()
+    assert failures, "nothing ran out of memory"
+    assert all(is_out_of_memory(exc) for exc in failures), failures
+    assert [a.shape for a in got] == [a.shape for a in expected]
+    assert max(np.abs(a - b).max() for a, b in zip(got, expected, strict=True)) <= 1e-4

@@ -15,9 +15,8 @@ from ray.serve.config import AutoscalingConfig
 
 from serve_app.autoscaling import scale_on_items
 from serve_app.errors import ItemTooLarge, Overloaded, PayloadTooLarge, classify
-from serve_app.model.engines.base import Synthesized
+from serve_app.model.engines.base import Synthesized, is_out_of_memory
 from serve_app.model.replicas import ModelReplicas
-from serve_app.model.synthesizer import is_out_of_memory
 from tests.fakes import Clock, Handle, Response, item
 
 pytestmark = pytest.mark.timeout(30)

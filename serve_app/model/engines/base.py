@@ -14,6 +14,14 @@ if TYPE_CHECKING:
     from serve_app.model.profile import SpeedProfile
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An engine's device allocation failed (torch raises RuntimeError subclasses for it);
+    the replica then splits the batch."""
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
 @dataclass(frozen=True)
 class SynthesisItem:
     """One sentence of one request: plain data sent from the ingress to a model replica."""
