@@ -7,6 +7,7 @@ import asyncio
 import os
 import threading
 import time
+import weakref
 from types import SimpleNamespace
 
 import numpy as np
@@ -62,11 +63,17 @@ class FakeEngine(Engine):
         return [np.full(2205, (it.seed % 100) / 200, dtype=np.float32) for it in items]
 
 
+class _BatchMemory:
+    """Stands for the device memory of a batch that ran out of it."""
+
+
 class FaultyEngine(Engine):
     """A test-only fault wrapper around another engine.
 
     - Out of memory: a batch of more than `fits_items` items, or any item longer than
-      `fits_phonemes`, raises torch's OutOfMemoryError, as CUDA does when a batch is too big.
+      `fits_phonemes`, raises torch's OutOfMemoryError, as CUDA does when a batch is too big;
+      and, as on a device, so does any batch while that error (its traceback holds the failed
+      batch's tensors) is still alive.
     - Wedged: with `hang_once` (a file path), the first batch of request items (not the
       replica's speed probe) in any process that finds no such file creates it and then
       never returns, like a stuck GPU kernel.
@@ -83,6 +90,7 @@ class FaultyEngine(Engine):
     ) -> None:
         self.inner = inner(voices, **(inner_kwargs or {}))
         self.fits_items, self.fits_phonemes, self.hang_once = fits_items, fits_phonemes, hang_once
+        self._failed_batch: weakref.ref | None = None
 
     def load(self, device: str) -> None:
         self.inner.load(device)
@@ -99,12 +107,16 @@ class FaultyEngine(Engine):
         if self.hang_once and not probe and not os.path.exists(self.hang_once):
             open(self.hang_once, "w").close()
             threading.Event().wait()
+        import torch
+
+        if self._failed_batch is not None and self._failed_batch() is not None:
+            raise torch.OutOfMemoryError("CUDA out of memory: a failed batch still holds it")
         too_many = self.fits_items is not None and len(items) > self.fits_items
         longest = max(len(it.phoneme_ids) for it in items)
         too_long = self.fits_phonemes is not None and longest > self.fits_phonemes
         if too_many or too_long:
-            import torch
-
+            tensors = _BatchMemory()  # held by the error's traceback, as a real batch's are
+            self._failed_batch = weakref.ref(tensors)
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return self.inner.synthesize(items)
 

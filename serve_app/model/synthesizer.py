@@ -219,17 +219,26 @@ class Synthesizer:
         try:
             audio = list(self.engine.synthesize(items))
         except Exception as exc:
-            if is_out_of_memory(exc):
-                self._sizes["oom"].append(len(items))
-                return self._after_out_of_memory(items)
-            if len(items) == 1:
-                logger.exception("Synthesis failed for one item")
-                return [SynthesisError("the model failed on this sentence")]
-            # NOTE: a batch failure fails every caller, so find the bad item(s) one by one.
-            logger.warning("Batch of %d failed; retrying items one by one", len(items))
-            return [self._run([item])[0] for item in items]
-        self._sizes["ok"].append(len(items))
-        return audio
+            if not is_out_of_memory(exc):
+                return self._after_failure(items)
+        else:
+            self._sizes["ok"].append(len(items))
+            return audio
+        # NOTE: out of memory. The halves run only now, outside the `except`: until it ends,
+        # the error's traceback holds the failed batch's tensors, and the device has no more
+        # room for a half than it had for the whole (seen on an H200: a real OOM split down
+        # to single sentences that all failed again).
+        self._sizes["oom"].append(len(items))
+        return self._after_out_of_memory(items)
+
+    def _after_failure(self, items: list[SynthesisItem]) -> list[np.ndarray | BaseException]:
+        """After an error other than out of memory (called while it is handled)."""
+        if len(items) == 1:
+            logger.exception("Synthesis failed for one item")
+            return [SynthesisError("the model failed on this sentence")]
+        # NOTE: a batch failure fails every caller, so find the bad item(s) one by one.
+        logger.warning("Batch of %d failed; retrying items one by one", len(items))
+        return [self._run([item])[0] for item in items]
 
     def _after_out_of_memory(self, items: list[SynthesisItem]) -> list[np.ndarray | BaseException]:
         """Free cached memory, then run each half of the batch. Only an item that fails alone
