@@ -9,7 +9,8 @@ order, with fresh seeds each round. For each setting of the decoder (precision, 
 
 - warm-up: seconds to apply the setting (compile and the precision check included);
 - exactness: 64 items batched against each alone (frame-count mismatches, worst sample
-  difference) and, noise off, the worst difference from onnxruntime on 16 items;
+  difference) and, noise off, the worst difference from onnxruntime on 16 items; and in
+  every row, the items whose audio is not as long as alone;
 - per batch size, items in arrival order as one padded batch against length groups
   (`plan_groups`): audio-seconds per second (median of rounds), padding efficiency (real /
   padded decoder frames), the split of time between the phoneme stage, the flow, the
@@ -82,20 +83,31 @@ def exactness(engine: PiperEngine, items, session) -> dict:
     return out
 
 
-def run_batches(engine: PiperEngine, items, batch: int, rounds: int, sync) -> dict:
+def fresh_seeds(items, r: int):
+    """Round `r`'s items: the same sentences, new seeds (lengths unseen, as in real traffic)."""
+    return [replace(it, seed=it.seed + 7919 * (r + 1)) for it in items]
+
+
+def run_batches(
+    engine: PiperEngine, items, batch: int, rounds: int, sync, alone_sizes: list[int]
+) -> dict:
+    """`alone_sizes`: each item's audio length alone with round 1's seeds."""
     voice = engine.voice(items[0].voice)
     rate, hop = voice.info.sample_rate, voice.params.hop_length
-    speeds, efficiencies, split = [], [], {}
+    speeds, efficiencies, split, sizes = [], [], {}, []
     for r in range(rounds + 2):  # round 0 warms this batch size, round 1 measures the split
-        fresh = [replace(it, seed=it.seed + 7919 * (r + 1)) for it in items]
+        fresh = fresh_seeds(items, r)
         timed = {k: Timed(getattr(voice, a), sync) for k, a in STAGES.items()} if r == 1 else {}
         for key, stage in timed.items():
             setattr(voice, STAGES[key], stage)
         sync()
         start, samples = time.perf_counter(), 0
         for k in range(0, len(fresh), batch):
-            samples += sum(a.size for a in engine.synthesize(fresh[k : k + batch]))
+            audio = engine.synthesize(fresh[k : k + batch])
+            samples += sum(a.size for a in audio)
             efficiencies.append(engine.padding_efficiency)
+            if r == 1:
+                sizes += [a.size for a in audio]
         sync()
         seconds = time.perf_counter() - start
         if timed:
@@ -107,6 +119,9 @@ def run_batches(engine: PiperEngine, items, batch: int, rounds: int, sync) -> di
             speeds.append(samples / rate / seconds)
     return {
         "audio_s_per_s": round(median(speeds), 1),
+        # NOTE: items whose audio is not as long as alone: nonzero means wrong audio, and the
+        # speed of this row means nothing (seen on the H200 in padded groups of 64).
+        "length_mismatches": sum(a != b for a, b in zip(sizes, alone_sizes, strict=True)),
         "padding_efficiency": round(float(np.mean(efficiencies)), 3),
         "time_split": split,
         "frames_per_item": round(samples / hop / len(items), 1),
@@ -134,6 +149,7 @@ def main() -> None:
         report["gpu"] = torch.cuda.get_device_name()
     session = onnx_reference.session(engine.voice(phonemes.VOICE.id).info.model_path)
     overhead = engine.group_overhead_frames
+    alone_sizes = [engine.synthesize([it])[0].size for it in fresh_seeds(items, 1)]
     report["settings"] = {}
     for name in args.settings.split(","):
         start = time.perf_counter()
@@ -148,7 +164,7 @@ def main() -> None:
                 if cuda:
                     torch.cuda.reset_peak_memory_stats()
                 row = {"batch": batch, "order": order}
-                row |= run_batches(engine, items, batch, args.rounds, sync)
+                row |= run_batches(engine, items, batch, args.rounds, sync, alone_sizes)
                 if cuda:
                     row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
                 entry["rows"].append(row)

@@ -322,6 +322,7 @@ def main() -> None:
     report: dict[str, Any] = {"machine": machine(), "bench_args": vars(args) | {
         "config": str(args.config)}, "deployed": deployed}  # fmt: skip
     report["gpu"] = torch.cuda.get_device_name() if cuda else None
+    name = "server_gpu_" + (report["gpu"] or device).replace(" ", "_").lower()
     report["engine_alone"] = alone = engine_alone(user_config, args.engine_seconds, device)
     print("engine alone:", alone, flush=True)
     start = time.perf_counter()
@@ -336,6 +337,7 @@ def main() -> None:
         for n, delivery in plan:
             row = phase(url, n, args.seconds, delivery, alone["audio_s_per_s"])
             report["phases"].append(row)
+            save(name, report)  # each phase kept as it ends
             print(
                 f"{n:4d} clients {delivery:6s}: {row['audio_s_per_s']:8.1f} audio-s/s "
                 f"({row['served_vs_engine_alone']:.0%} of alone), first audio p50 "
@@ -345,8 +347,7 @@ def main() -> None:
             )
         if args.shared > 1:
             report["shared_gpu"] = shared_gpu(url, args, cuda, alone["audio_s_per_s"])
-    name = (report["gpu"] or device).replace(" ", "_").lower()
-    print(f"wrote {save(f'server_gpu_{name}', report)}")
+    print(f"wrote {save(name, report)}")
 
 
 if __name__ == "__main__":

@@ -2,23 +2,25 @@
 # The GPU checks on a host with a stock PyTorch image and no package index, from the offline
 # bundle that `make gpu-bundle` builds (load_tests/offline_bundle.py). From the project root:
 #
-#   load_tests/gpu_host.sh [unpack] [check] [tests] [bench] [serve]    (default: all of them)
+#   load_tests/gpu_host.sh [unpack] [tests] [diagnose] [bench] [serve]   (default: all of them)
 #
 #   unpack  unpack every part of .offline/ present into .offline/site (once per archive;
 #           parts may arrive one at a time) and check that what each step needs imports
 #   tests   python -m pytest tests/gpu
+#   diagnose python -m load_tests.gpu_diagnose     -> load_tests/results/gpu_diagnose_<device>.json
 #   bench   python -m load_tests.bench_gpu          -> load_tests/results/gpu_<device>.json
 #   serve   python -m load_tests.bench_server_gpu   -> load_tests/results/server_gpu_<device>.json
 #
 # Without CUDA it says so and stops (GPU_HOST_ON_CPU=1: run anyway, to check the steps).
 # Extra arguments for the benchmarks: BENCH_GPU_ARGS, BENCH_SERVE_ARGS. Each step's output is
-# kept in load_tests/results/gpu_host_<step>.log; where $OUT is set, logs and results are
-# copied there as each step ends. A failed step does not stop the next; the exit status says
-# whether any failed.
+# kept in load_tests/results/gpu_host_<step>.log; where $OUT is set, logs are written there as
+# they grow and results copied there as each step ends, or when the script is stopped (a
+# device's time limit). A failed step does not stop the next; the exit status says whether
+# any failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(unpack tests bench serve)
+[ ${#steps[@]} -gt 0 ] || steps=(unpack tests diagnose bench serve)
 export PYTHONPATH="$PWD/.offline/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 RAY_DEDUP_LOGS=0
 results=load_tests/results
@@ -29,17 +31,20 @@ keep() {  # copy what a step wrote to $OUT (the device tool brings $OUT back)
   cp -f "$@" "$OUT/" 2>/dev/null || true
 }
 
-run_step() {  # run_step NAME COMMAND...: time it, log it, keep the log
+run_step() {  # run_step NAME COMMAND...: time it, log it (into $OUT too, as it grows)
   local name=$1 log=$results/gpu_host_$1.log start=$SECONDS
   shift
   echo "== $name: $*"
-  "$@" 2>&1 | tee "$log"
+  "$@" 2>&1 | tee "$log" ${OUT:+"$OUT/$(basename "$log")"}
   local rc=${PIPESTATUS[0]}
   echo "== $name: exit $rc after $((SECONDS - start)) s" | tee -a "$log"
   [ "$rc" = 0 ] || status=1
   keep "$log"
   return "$rc"
 }
+# Stopped from outside (Ctrl-C, a signal to the process group): what the benchmarks saved so
+# far still goes to $OUT.
+trap 'keep "$results"/gpu_*.json "$results"/server_gpu_*.json "$results"/gpu_host_*.log; exit 143' TERM INT
 
 if ! python3 -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null &&
    [ -z "${GPU_HOST_ON_CPU:-}" ] && [ "${steps[*]}" != unpack ]; then
@@ -66,6 +71,10 @@ for step, modules in {
 EOT
       ;;
     tests) run_step tests python3 -m pytest tests/gpu -v -p no:cacheprovider ;;
+    diagnose)
+      run_step diagnose python3 -m load_tests.gpu_diagnose
+      keep "$results"/gpu_diagnose_*.json
+      ;;
     bench)
       # shellcheck disable=SC2086
       run_step bench python3 -m load_tests.bench_gpu ${BENCH_GPU_ARGS:-}
@@ -76,7 +85,7 @@ EOT
       run_step serve python3 -m load_tests.bench_server_gpu ${BENCH_SERVE_ARGS:-}
       keep "$results"/server_gpu_*.json
       ;;
-    *) echo "unknown step $step (unpack, tests, bench, serve)" >&2; exit 2 ;;
+    *) echo "unknown step $step (unpack, tests, diagnose, bench, serve)" >&2; exit 2 ;;
   esac
 done
 exit $status

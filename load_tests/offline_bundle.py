@@ -40,9 +40,11 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parent.parent
 
 # Python distributions of the stock CUDA image (the device tool's KINDS.md list): not shipped.
+# NOTE: grpcio is shipped although the image has it: grpcio-reflection's generated code
+# refuses an older grpcio (seen on the H200 host: 1.84.0 against reflection 1.85.1).
 HOST_HAS = """
 absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs
-certifi charset-normalizer click cloudpickle filelock frozenlist fsspec grpcio h11 httpcore
+certifi charset-normalizer click cloudpickle filelock frozenlist fsspec h11 httpcore
 httpx idna jinja2 markupsafe mpmath msgpack multidict networkx numpy onnx onnx-ir onnxruntime
 packaging pillow prometheus-client propcache protobuf psutil pyyaml requests six sympy
 typing-extensions urllib3 uvloop wrapt yarl torch triton ml-dtypes flatbuffers
