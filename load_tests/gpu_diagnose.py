@@ -15,8 +15,9 @@ the standard mix in arrival order (as bench_gpu's rows), per group size, under:
 - benchmark:      cuDNN times the candidates for each new shape and keeps the fastest;
 - no-cudnn:       PyTorch's own convolution kernels.
 
-Per size and setting: ms per group, peak memory, and items whose frame count is not the one
-they get alone. Then the ten CUDA kernels that took longest in one group of the worst size
+Per size and setting: ms per group, peak memory, and items whose frame count (phoneme stage)
+or audio length (the whole engine, the group as one padded group) is not the one they get
+alone. Then the ten CUDA kernels that took longest in one group of the worst size
 under the default (torch.profiler). Results: results/gpu_diagnose_<device>.json.
 """
 
@@ -55,12 +56,15 @@ def cudnn(**flags):
             setattr(backend, name, value)
 
 
-def measure(voice, groups, alone: list[list[int]], rounds: int, sync, cuda: bool) -> dict:
+def measure(engine, groups, alone: list[list[int]], rounds: int, sync, cuda: bool) -> dict:
+    """The phoneme stage of each group, timed; and once, the whole engine on the group as one
+    padded group: items whose frame count, or audio length, is not the one they get alone."""
+    voice = engine.voice(phonemes.VOICE.id)
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    times, mismatches = [], 0
-    for r in range(rounds + 1):  # round 0: first use of each shape
+    times, frames_off, audio_off = [], 0, 0
+    for r in range(rounds + 1):  # round 0: first use of each shape, and the checks
         for group, frames in zip(groups, alone, strict=True):
             sync()
             start = time.perf_counter()
@@ -68,12 +72,16 @@ def measure(voice, groups, alone: list[list[int]], rounds: int, sync, cuda: bool
             sync()
             if r:
                 times.append(time.perf_counter() - start)
-            else:
-                mismatches += sum(a.frames != f for a, f in zip(aligned, frames, strict=True))
+                continue
+            frames_off += sum(a.frames != f for a, f in zip(aligned, frames, strict=True))
+            hop = voice.params.hop_length
+            audio = engine.synthesize(group)  # one padded group: see main()
+            audio_off += sum(a.size != f * hop for a, f in zip(audio, frames, strict=True))
     return {
         "ms_per_group": round(median(times) * 1e3, 2),
         "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
-        "frame_mismatches": mismatches,
+        "frame_mismatches": frames_off,
+        "audio_length_mismatches": audio_off,
     }
 
 
@@ -105,6 +113,7 @@ def main() -> None:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     engine = PiperEngine([phonemes.VOICE], decode_policy="batched", warm_buckets=False)
     engine.load(args.device)
+    engine.group_overhead_frames = 10**12  # each group runs as one padded group
     voice = engine.voice(phonemes.VOICE.id)
     items = phonemes.mix_items(args.pool)
     alone = [voice.align([it])[0].frames for it in items]
@@ -120,7 +129,7 @@ def main() -> None:
         for name, flags in SETTINGS.items():
             with cudnn(**flags):
                 row = {"size": size, "setting": name}
-                row |= measure(voice, groups, frames, args.rounds, sync, cuda)
+                row |= measure(engine, groups, frames, args.rounds, sync, cuda)
             report["rows"].append(row)
             print(row, flush=True)
             if name == "default" and row["ms_per_group"] / size > worst[0]:
