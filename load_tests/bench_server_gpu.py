@@ -151,7 +151,7 @@ def batches_between(before: dict, after: dict) -> dict[str, Any]:
     """The batches the model replicas formed between two `replica_stats()`."""
     sizes: Counter[int] = Counter()
     items = batches = padded = oom = 0
-    padding = 0.0
+    padding = busy = 0.0
     for replica, now in after.items():
         then = before[replica]
         items += now["items"] - then["items"]
@@ -161,6 +161,7 @@ def batches_between(before: dict, after: dict) -> dict[str, Any]:
         padded += now["padding_batches"] - then["padding_batches"]
         padding += now["padding_efficiency_sum"] - then["padding_efficiency_sum"]
         oom += now["out_of_memory"] - then["out_of_memory"]
+        busy += now["busy_s"] - then["busy_s"]
     return {
         "items": items,
         "batches": batches,
@@ -168,6 +169,8 @@ def batches_between(before: dict, after: dict) -> dict[str, Any]:
         "batch_sizes": {k: v for k, v in sorted(sizes.items()) if v},
         "padding_efficiency": round(padding / padded, 3) if padded else None,
         "out_of_memory": oom,
+        "batch_ms": round(busy * 1e3 / max(1, batches), 1),
+        "busy_s": round(busy, 2),
     }
 
 
@@ -201,6 +204,9 @@ def phase(
         result = asyncio.run(drive(url, clients, seconds, delivery, texts))
     after, after_cpu = replica_stats(replicas), cpu_seconds(os.getpid())
     batches = batches_between(before, after)
+    # NOTE: near 1 per replica, the replica's engine thread is the limit (its host-side work,
+    # if the GPU is idle); far below, items do not reach it fast enough (ingress, event loop).
+    batches["busy_share"] = round(batches.pop("busy_s") / result["elapsed_s"], 3)
     cpu = {role: after_cpu[role] - before_cpu.get(role, 0.0) for role in after_cpu}
     return {
         "clients": clients,

@@ -84,6 +84,7 @@ class Synthesizer:
         self.out_of_memory = 0  # batches that ran out of device memory
         self.batch_sizes: Counter[int] = Counter()  # batches run, by size
         self.padding = [0.0, 0]  # sum of batches' padding efficiency, batches that gave one
+        self.busy_s = 0.0  # seconds batches have run, ever
         self._sizes: dict[str, list[int]] = {"ok": [], "oom": []}  # of the batch now running
         self._running_since: float | None = None  # when the batch now running started
         self.replica = serve.get_replica_context().replica_id.unique_id
@@ -168,6 +169,7 @@ class Synthesizer:
             logger.warning("Batch cap lowered from %d to %d", self.max_batch_size, cap)
             self.max_batch_size = cap
             self._batch.set_max_batch_size(cap)
+        self.busy_s += seconds
         self._record(items, results, seconds)
         waits = [start - arrival for arrival in arrivals]
         for wait in waits:
@@ -278,6 +280,7 @@ class Synthesizer:
             "batch_sizes": dict(self.batch_sizes),
             "padding_efficiency_sum": self.padding[0],
             "padding_batches": self.padding[1],
+            "busy_s": self.busy_s,
             "max_batch_size": self.max_batch_size,
             "replica": self.replica,
             "node": ray.get_runtime_context().get_node_id(),
