@@ -83,7 +83,7 @@ class Synthesizer:
         self.batches_run = 0
         self.out_of_memory = 0  # batches that ran out of device memory
         self.batch_sizes: Counter[int] = Counter()  # batches run, by size
-        self.padding = [0.0, 0]  # sum of batches' padding efficiency, batches that gave one
+        self.padding_sum, self.padding_batches = 0.0, 0  # efficiencies reported, and how many
         self.busy_s = 0.0  # seconds batches have run, ever
         self._sizes: dict[str, list[int]] = {"ok": [], "oom": []}  # of the batch now running
         self._running_since: float | None = None  # when the batch now running started
@@ -169,7 +169,6 @@ class Synthesizer:
             logger.warning("Batch cap lowered from %d to %d", self.max_batch_size, cap)
             self.max_batch_size = cap
             self._batch.set_max_batch_size(cap)
-        self.busy_s += seconds
         self._record(items, results, seconds)
         waits = [start - arrival for arrival in arrivals]
         for wait in waits:
@@ -187,6 +186,7 @@ class Synthesizer:
         m.batch_seconds.observe(seconds)
         m.batch_size.observe(len(items))
         self.batch_sizes[len(items)] += 1
+        self.busy_s += seconds
         audio_s = 0.0
         for item, result in zip(items, results, strict=True):
             tags = {"voice": item.voice}
@@ -199,8 +199,8 @@ class Synthesizer:
             m.real_time_factor.observe(seconds / audio_s)
         if self.engine.padding_efficiency is not None:
             m.padding_efficiency.observe(self.engine.padding_efficiency)
-            self.padding[0] += self.engine.padding_efficiency
-            self.padding[1] += 1
+            self.padding_sum += self.engine.padding_efficiency
+            self.padding_batches += 1
         if self._cuda:
             import torch
 
@@ -278,8 +278,8 @@ class Synthesizer:
             "batches": self.batches_run,
             "out_of_memory": self.out_of_memory,
             "batch_sizes": dict(self.batch_sizes),
-            "padding_efficiency_sum": self.padding[0],
-            "padding_batches": self.padding[1],
+            "padding_efficiency_sum": self.padding_sum,
+            "padding_batches": self.padding_batches,
             "busy_s": self.busy_s,
             "max_batch_size": self.max_batch_size,
             "replica": self.replica,
