@@ -41,7 +41,7 @@ import yaml
 from load_tests import load, phonemes
 from load_tests.common import machine, save
 from load_tests.local import free_port, running_chorus, settled
-from load_tests.servers import cpu_seconds
+from load_tests.servers import cpu_seconds, cpu_spent
 from load_tests.texts import SENTENCES, request_texts
 from serve_app.app import bind_app
 from serve_app.config import SynthesizerUserConfig, parse_app_args
@@ -207,7 +207,6 @@ def phase(
     # NOTE: near 1 per replica, the replica's engine thread is the limit (its host-side work,
     # if the GPU is idle); far below, items do not reach it fast enough (ingress, event loop).
     batches["busy_share"] = round(batches.pop("busy_s") / result["elapsed_s"], 3)
-    cpu = {role: after_cpu[role] - before_cpu.get(role, 0.0) for role in after_cpu}
     return {
         "clients": clients,
         "delivery": delivery,
@@ -218,12 +217,7 @@ def phase(
         "latency_s": result["latency_s"],
         "gpu": gpu.summary(),
         "batches": batches,
-        "cpu_ms_per_item": {
-            role: round(spent * 1e3 / max(1, batches["items"]), 2)
-            for role, spent in sorted(cpu.items(), key=lambda kv: -kv[1])
-            if spent > 0.05
-        },
-        "cpu_cores_busy": round(sum(cpu.values()) / result["elapsed_s"], 2),
+        **cpu_spent(before_cpu, after_cpu, batches["items"], result["elapsed_s"]),
     }
 
 

@@ -36,7 +36,7 @@ from load_tests.common import machine, save
 from load_tests.gpu_speed import GpuSpeedEngine
 from load_tests.local import deploy_args, free_port, running_chorus, settled
 from load_tests.report import Answer
-from load_tests.servers import cpu_seconds
+from load_tests.servers import cpu_seconds, cpu_spent
 from load_tests.texts import SENTENCES
 from serve_app.app import bind_app
 from serve_app.config import VoiceSource, parse_app_args
@@ -117,12 +117,6 @@ def run_phase(url: str, clients: int, seconds: float, delivery: str = "audio") -
     after_cpu, after = cpu_seconds(os.getpid()), replica_totals()
     items = after["items"] - before["items"]
     batches = max(1, after["batches"] - before["batches"])
-    cpu = {role: after_cpu[role] - before_cpu.get(role, 0.0) for role in after_cpu}
-    per_item = {
-        role: round(spent * 1e3 / max(1, items), 3)
-        for role, spent in sorted(cpu.items(), key=lambda kv: -kv[1])
-        if spent > 0.05
-    }
     return {
         "clients": clients,
         "delivery": delivery,
@@ -133,8 +127,7 @@ def run_phase(url: str, clients: int, seconds: float, delivery: str = "audio") -
         "audio_s_per_s": result["audio_s_per_s"],
         "ttfa_s": result["ttfa_s"],
         "items_per_batch": round(items / batches, 2),
-        "cpu_ms_per_item": per_item,
-        "cpu_cores_busy": round(sum(cpu.values()) / result["elapsed_s"], 2),
+        **cpu_spent(before_cpu, after_cpu, items, result["elapsed_s"]),
     }
 
 

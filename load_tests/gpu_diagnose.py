@@ -30,6 +30,7 @@ from contextlib import contextmanager
 import torch
 
 from load_tests import phonemes
+from load_tests.bench_gpu import ONE_GROUP
 from load_tests.common import machine, median, save
 from serve_app.model.engines.piper import PiperEngine
 
@@ -113,7 +114,7 @@ def main() -> None:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     engine = PiperEngine([phonemes.VOICE], decode_policy="batched", warm_buckets=False)
     engine.load(args.device)
-    engine.group_overhead_frames = 10**12  # each group runs as one padded group
+    engine.group_overhead_frames = ONE_GROUP  # each group runs as one padded group
     voice = engine.voice(phonemes.VOICE.id)
     items = phonemes.mix_items(args.pool)
     alone = [voice.align([it])[0].frames for it in items]

@@ -209,6 +209,11 @@ def main() -> None:
 def unpack_parts(bundle: Path, site: Path) -> list[str]:
     """On the host: every archive of every part present, unpacked once into `site`."""
     site.mkdir(parents=True, exist_ok=True)
+    built_for = bundle / "python"
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if built_for.exists() and built_for.read_text().strip() != here:
+        print(f"this bundle is for Python {built_for.read_text().strip()}, this is {here}: "
+              "its compiled wheels will not import (make gpu-bundle with --python)")  # fmt: skip
     done = []
     for archive in sorted(bundle.glob("*/*.tar.xz")):
         marker = site / f".{archive.name}.unpacked"

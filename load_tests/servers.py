@@ -155,6 +155,20 @@ def cpu_seconds(pid: int) -> Counter:
     return out
 
 
+def cpu_spent(before: Counter, after: Counter, items: int, elapsed_s: float) -> dict:
+    """CPU between two `cpu_seconds`: ms per item by role (roles over 0.05 s, busiest
+    first), and cores busy on average."""
+    cpu = {role: after[role] - before.get(role, 0.0) for role in after}
+    return {
+        "cpu_ms_per_item": {
+            role: round(spent * 1e3 / max(1, items), 3)
+            for role, spent in sorted(cpu.items(), key=lambda kv: -kv[1])
+            if spent > 0.05
+        },
+        "cpu_cores_busy": round(sum(cpu.values()) / elapsed_s, 2),
+    }
+
+
 def role(cmdline: list[str]) -> str:
     title = " ".join(cmdline)
     if title.startswith("ray::"):

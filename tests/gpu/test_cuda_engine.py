@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from load_tests import onnx_reference, phonemes
+from load_tests.bench_gpu import ONE_GROUP
 from serve_app.config import SynthesizerUserConfig
 from serve_app.model.engines.base import is_out_of_memory
 from serve_app.model.engines.noise import gaussian
@@ -64,7 +65,7 @@ def test_one_padded_group_in_arrival_order_gets_the_same_audio_as_alone(engine, 
     alone = [engine.synthesize([it])[0] for it in batch]
     overhead = engine.group_overhead_frames
     try:
-        engine.group_overhead_frames = 10**12  # any cut costs more than its padding: one group
+        engine.group_overhead_frames = ONE_GROUP
         together = engine.synthesize(batch)
     finally:
         engine.group_overhead_frames = overhead
@@ -138,7 +139,7 @@ def test_a_real_out_of_memory_is_recognised_and_split_batches_keep_every_items_a
         return split(part[: len(part) // 2]) + split(part[len(part) // 2 :])
 
     try:
-        engine.group_overhead_frames, engine.max_batch_frames = 10**12, 10**9  # one group
+        engine.group_overhead_frames, engine.max_batch_frames = ONE_GROUP, 10**9  # one group
         got = split(batch)
     finally:
         del held

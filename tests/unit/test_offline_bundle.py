@@ -66,3 +66,10 @@ def test_the_host_unpacks_each_part_once_whenever_it_arrives(tmp_path) -> None:
     assert ob.unpack_parts(bundle, site) == ["voice", "ray"]
     assert (site / "voice.py").read_text() == "changed on the host\n"  # not unpacked again
     assert (site / "ray.py").read_text() == "NAME = 'ray'\n"
+
+
+def test_the_host_is_told_when_the_bundle_is_for_another_python(tmp_path, capsys) -> None:
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "bundle" / "python").write_text("2.7\n")
+    ob.unpack_parts(tmp_path / "bundle", tmp_path / "site")
+    assert "this bundle is for Python 2.7" in capsys.readouterr().out
