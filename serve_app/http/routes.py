@@ -8,6 +8,7 @@ The deployment's options are set by `serve_app.app` from config, not here."""
 # Ray Serve's class-based view wrapper.
 
 import asyncio
+import logging
 from collections import Counter
 from typing import Annotated, Any
 
@@ -42,8 +43,11 @@ from serve_app.queue.door import Door
 from serve_app.queue.keys import Client, KeyStore
 from serve_app.queue.meter import Meter, rounded
 from serve_app.queue.shared import RayBoard, SharedLimits, board_name
+from serve_app.speech import audio
 from serve_app.speech.context import Catalogue
 from serve_app.speech.pipeline import Answer, SpeechService
+
+logger = logging.getLogger("ray.serve.chorus.ingress")
 
 # NOTE: /openapi.json and /docs are routes of the ingress below: the document depends on the
 # config (models, voices, limits), which FastAPI's own cached document cannot know.
@@ -84,6 +88,8 @@ class Ingress:
 
     def __init__(self, synthesizer: DeploymentHandle, config: dict[str, Any]) -> None:
         configure_logging()
+        if not audio.load_ffmpeg():
+            logger.error("PyAV is not installed: mp3, opus and aac answers will fail")
         self.synthesizer = synthesizer
         self.config = config = AppConfig.model_validate(config)
         self.catalogue = Catalogue(config)

@@ -230,6 +230,17 @@ class _WholeFile:
         return encode(held, self._rate, self._fmt)
 
 
+def load_ffmpeg() -> bool:
+    """Import PyAV now, at an ingress's start, not on a request's path (a first import in
+    the middle of a burst cost a light client its fair share in the cluster tests); False
+    where it is missing (an offline GPU bundle: mp3, opus and aac then fail)."""
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class _FfmpegWriter:
     """One FFmpeg encoder and muxer (PyAV), writing into an append-only sink.
 
@@ -241,7 +252,7 @@ class _FfmpegWriter:
 
     def __init__(self, fmt: AudioFormat, rate: int, whole: bool = False) -> None:
         # NOTE: imported here: only mp3, opus and aac need FFmpeg, and a process that never
-        # encodes them (a model replica, a GPU host's offline bundle) never loads it.
+        # encodes them (a model replica) never loads it; an ingress has (`load_ffmpeg`).
         import av
 
         self._av = av
