@@ -235,8 +235,9 @@ class AppConfig(_Strict):
     )
     shared_limits: bool = Field(
         True,
-        description="Keep each client's rate, burst and concurrency limits across all ingress "
-        "replicas (through one named Ray actor); false: each replica enforces them alone.",
+        description="Keep each client's rate, burst and concurrency limits, and its fair "
+        "share of the model, across all ingress replicas (through one named Ray actor); "
+        "false: each replica enforces them alone.",
     )
     shared_limits_every_s: float = Field(
         0.5,

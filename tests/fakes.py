@@ -18,6 +18,7 @@ from serve_app.model.engines.base import Engine, SynthesisItem
 from serve_app.model.profile import PROBE_IDS
 from serve_app.queue.backlog import Backlog
 from serve_app.queue.meter import Meter
+from serve_app.queue.shared import Board
 
 POISON = 108  # phoneme id of "ʒ" in the packaged voice, as in "treasure"
 
@@ -228,3 +229,17 @@ class Packed:
         self.cancelled = True
         for call in self.calls:
             getattr(call, "cancel", lambda: None)()
+
+
+class FlakyBoard:
+    """The shared limits' board as its actor is called (async), and can be cut off (`down`),
+    like an actor that died or a network split."""
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.board = Board(every_s=0.5, clock=clock) if clock else Board(every_s=0.5)
+        self.down = False
+
+    async def report(self, replica: str, usage: dict, service: dict | None = None):
+        if self.down:
+            raise ConnectionError("board unreachable")
+        return self.board.report(replica, usage, service)

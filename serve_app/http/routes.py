@@ -111,7 +111,7 @@ class Ingress:
             on_change=self._backlog_changed,
         )
         self.keys = KeyStore(config)
-        self.shared = self._shared_limits() if config.shared_limits and config.has_limits else None
+        self.shared = self._shared_limits() if config.shared_limits else None
         self.door = Door(config, self.backlog, self.shared)
         self.speech = SpeechService(config, self.catalogue, self.door, self.replicas, self.metrics)
         self.metrics.model_replicas.set(1)
@@ -132,6 +132,8 @@ class Ingress:
             context.replica_id.unique_id,
             every_s,
             self.config.shared_limits_fallback,
+            service=self.backlog.take_service,
+            on_boosts=self.backlog.set_boosts,
         )
         # NOTE: Serve runs __init__ on the replica's event loop; the task lives as long as it.
         self._sync_task = asyncio.get_running_loop().create_task(shared.run(), name="limits")

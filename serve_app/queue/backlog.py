@@ -26,8 +26,9 @@ from math import inf
 from typing import Any
 
 from serve_app.model.engines.base import SynthesisItem, Synthesized
+from serve_app.queue.boosts import Service
 from serve_app.queue.meter import Meter
-from serve_app.queue.scheduler import Fair
+from serve_app.queue.scheduler import Fair, Step
 
 FOLLOW_ON_S = 2.0  # a request's later sentences are due this long after its first
 
@@ -64,6 +65,10 @@ class Backlog:
         self.in_flight = 0
         self.active: set[RequestWork] = set()  # admitted requests not yet closed
         self.per_client: Counter[str] = Counter()
+        self.boosts: dict[str, float] = {}  # multipliers of clients' weights (`queue.boosts`)
+        self._served: Counter[str] = Counter()  # phonemes synthesized per client, this interval
+        self._waited: set[str] = set()  # clients that had items waiting, this interval
+        self._weights: dict[str, float] = {}
 
     def request(
         self, lane: str, client: str = "anonymous", weight: float = 1.0, chars: int = 0
@@ -71,6 +76,7 @@ class Backlog:
         """Register an admitted request; it counts until `RequestWork.close()`."""
         work = RequestWork(self, lane, client, weight, self.meter.phonemes(chars), chars)
         self.active.add(work)
+        self._weights[client] = weight
         self.per_client[client] += 1
         return work
 
@@ -155,6 +161,23 @@ class Backlog:
                 share -= self.lanes[slower]
         return ahead, share
 
+    def take_service(self) -> dict[str, Service]:
+        """Each client's model time and whether it waited, since the last call."""
+        for lane in self._queue.children.values():  # waiting now
+            self._waited.update(name for name, node in lane.children.items() if node.size)
+        service = {
+            name: Service(self._served[name], name in self._waited, self._weights.get(name, 1.0))
+            for name in set(self._served) | self._waited
+        }
+        self._served.clear()
+        self._waited.clear()
+        self._weights = {w.client: w.weight for w in self.active}
+        return service
+
+    def set_boosts(self, boosts: dict[str, float]) -> None:
+        """Clients' weight multipliers from the board, for the items queued from now on."""
+        self.boosts = boosts
+
     def set_capacity(self, capacity: int) -> None:
         """Items in flight at most from now on (e.g. when model replicas come and go)."""
         self.capacity = capacity
@@ -184,6 +207,8 @@ class Backlog:
         self._phonemes -= tracked.phonemes
         if tracked.dispatched:
             self.in_flight -= 1
+            if model_s is not None:
+                self._served[tracked.work.client] += tracked.phonemes
         else:
             self._queue.remove(tracked.work.names, tracked)
         if self._on_change:
@@ -210,13 +235,20 @@ class RequestWork:
         self.backlog = backlog
         self.lane, self.client, self.chars = lane, client, chars
         self.estimate = estimate  # phonemes, all sentences
+        self.weight = weight
         self.names = (lane, client, id(self))
-        self.path = ((lane, backlog.lanes[lane]), (client, weight), (id(self), 1.0))
         self.first: int | None = None  # ticket of its first item
         self.arrival = backlog.meter.clock()
         self.outstanding = 0  # phonemes sent and not back
         self.done = 0  # phonemes synthesized
         self.closed = False
+
+    @property
+    def path(self) -> tuple[Step, ...]:
+        """Where its items queue, with the weights that hold now."""
+        weight = self.weight * self.backlog.boosts.get(self.client, 1.0)
+        lane = self.lane
+        return ((lane, self.backlog.lanes[lane]), (self.client, weight), (id(self), 1.0))
 
     def __call__(self, item: SynthesisItem) -> Tracked:
         tracked = Tracked(self, item)
@@ -259,6 +291,8 @@ class Tracked(Awaitable[Any]):
         self._task = asyncio.create_task(self._run(item, backlog.send), name="chorus-item")
         self._task.add_done_callback(self._ended)
         backlog._dispatch()
+        if not self.dispatched:  # it waits for a turn
+            backlog._waited.add(work.client)
 
     def order(self) -> tuple[float, int]:
         """Its place among its key's items: due time, then submission."""

@@ -15,6 +15,10 @@ state of its replica). A replica that cannot reach it keeps its last shares; aft
 `STALE_AFTER` missed reports it follows `shared_limits_fallback`: "local" goes on with the
 last shares (limits hold while the set of ingress replicas is unchanged), "closed" refuses
 the requests of every limited client with 503 until the board answers again.
+
+The same reports carry the model time each client was given at the replica, so that fair
+shares too hold across replicas (`queue.boosts`); a replica cut off from the board goes back
+to its own fair shares.
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from math import inf
 from typing import Any, Protocol
 
 import ray
 
+from serve_app.queue.boosts import Boosts, Service
 from serve_app.queue.keys import KeyStore
 
 logger = logging.getLogger("ray.serve.chorus.shared")
@@ -53,6 +59,7 @@ class Answer:
     replicas: int  # ingress replicas reporting
     shares: dict[str, float]  # this replica's share of each client's rate and burst
     elsewhere: dict[str, int]  # each client's requests in progress at other replicas
+    boosts: dict[str, float] = field(default_factory=dict)  # multipliers of weights (`boosts`)
 
 
 class Board:
@@ -62,12 +69,23 @@ class Board:
         self.every_s = every_s
         self._clock = clock
         self._reports: dict[str, tuple[float, dict[str, Usage]]] = {}
+        self._service: dict[str, dict[str, Service]] = {}  # each replica's last interval
+        self._boosts = Boosts()
+        self._boosted_at = -inf
 
-    def report(self, replica: str, usage: dict[str, Usage]) -> Answer:
+    def report(
+        self, replica: str, usage: dict[str, Usage], service: dict[str, Service] | None = None
+    ) -> Answer:
         now = self._clock()
         self._reports[replica] = (now, usage)
         horizon = now - FORGET_AFTER * self.every_s
         self._reports = {r: (t, u) for r, (t, u) in self._reports.items() if t >= horizon}
+        self._service[replica] = service or {}
+        self._service = {r: s for r, s in self._service.items() if r in self._reports}
+        # NOTE: every replica reports once per interval, so the boosts move once per interval
+        if now - self._boosted_at >= 0.9 * self.every_s:
+            self._boosted_at = now
+            self._boosts.update(list(self._service.values()))
         live = len(self._reports)
         others = [u for r, (_, u) in self._reports.items() if r != replica]
         shares, elsewhere = {}, {}
@@ -78,7 +96,7 @@ class Board:
             floor = max(FLOOR * total / live, 1e-9)
             shares[name] = (mine.asked_per_s + floor) / (total + floor * live)
             elsewhere[name] = sum(u.in_progress for u in theirs)
-        return Answer(live, shares, elsewhere)
+        return Answer(live, shares, elsewhere, dict(self._boosts.boosts))
 
     def snapshot(self) -> dict[str, Any]:
         """Replicas reporting and their clients' usage (for operators and tests)."""
@@ -86,7 +104,9 @@ class Board:
 
 
 class BoardHandle(Protocol):
-    async def report(self, replica: str, usage: dict[str, Usage]) -> Answer: ...
+    async def report(
+        self, replica: str, usage: dict[str, Usage], service: dict[str, Service]
+    ) -> Answer: ...
 
 
 class RayBoard:
@@ -96,7 +116,9 @@ class RayBoard:
         self.name, self.every_s = name, every_s
         self._actor: Any = None
 
-    async def report(self, replica: str, usage: dict[str, Usage]) -> Answer:
+    async def report(
+        self, replica: str, usage: dict[str, Usage], service: dict[str, Service]
+    ) -> Answer:
         if self._actor is None:
             # NOTE: no CPU reserved, so it is placed even on a full node; owned by the replica
             # that made it, so it goes with the app (and is made again if that replica goes).
@@ -105,7 +127,7 @@ class RayBoard:
                 name=self.name, namespace=NAMESPACE, get_if_exists=True
             ).remote(self.every_s)
         try:
-            return await self._actor.report.remote(replica, usage)
+            return await self._actor.report.remote(replica, usage, service)
         except Exception:
             self._actor = None
             raise
@@ -113,7 +135,8 @@ class RayBoard:
 
 @dataclass
 class SharedLimits:
-    """This replica's side: reports its clients' usage, applies the board's answer."""
+    """This replica's side: reports its clients' usage and model time, applies the board's
+    answer (shares of limits to `keys`, weight boosts to `on_boosts`)."""
 
     keys: KeyStore
     in_progress: Callable[[], dict[str, int]]
@@ -122,6 +145,8 @@ class SharedLimits:
     every_s: float = 0.5
     fallback: str = "local"
     clock: Callable[[], float] = time.monotonic
+    service: Callable[[], dict[str, Service]] = dict
+    on_boosts: Callable[[dict[str, float]], None] = lambda boosts: None
     _answered: bool = field(default=False, init=False)
     _demand: dict[str, float] = field(default_factory=dict, init=False)
     _last: float | None = field(default=None, init=False)
@@ -145,13 +170,16 @@ class SharedLimits:
 
     async def sync(self) -> None:
         """One report and its answer applied; a failure is logged (once per outage)."""
-        usage = self.usage()
+        usage, service = self.usage(), self.service()
         timeout = self.every_s if self._answered else FIRST_CONTACT_S
         try:
-            answer = await asyncio.wait_for(self.board.report(self.replica, usage), timeout)
+            answer = await asyncio.wait_for(
+                self.board.report(self.replica, usage, service), timeout
+            )
         except Exception as exc:  # unreachable, dead, slow: the fallback decides
             self._failures += 1
             if self._failures == STALE_AFTER:
+                self.on_boosts({})  # alone now: this replica's own fair shares
                 logger.warning(
                     "shared limits: board unreachable (%s); fallback %s",
                     type(exc).__name__,
@@ -163,6 +191,7 @@ class SharedLimits:
         self._failures = 0
         self._answered = True
         self.keys.reshare(answer.shares, 1 / answer.replicas)
+        self.on_boosts(answer.boosts)
         for client in self.keys.clients():
             client.elsewhere = answer.elsewhere.get(client.name, 0)
 

@@ -17,7 +17,7 @@ from serve_app.model.readiness import Readiness
 from serve_app.queue.door import Door
 from serve_app.queue.keys import MAX_CLIENTS, KeyStore
 from serve_app.queue.shared import STALE_AFTER, Board, SharedLimits, Usage
-from tests.fakes import Clock, Replica, make_backlog
+from tests.fakes import Clock, FlakyBoard, Replica, make_backlog
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -82,19 +82,6 @@ def test_the_board_shares_a_clients_rate_by_where_it_asks_and_counts_its_request
     assert 0 < answer.shares["bob"] < 0.1  # asked nothing here: the floor only
     clock.now += 10  # r2 stops reporting: r1 alone has every client's whole limit
     assert board.report("r1", {"alice": Usage(9.0, 2)}).shares == {"alice": 1.0}
-
-
-class FlakyBoard:
-    """A board that can be cut off (`down`), like an actor that died or a network split."""
-
-    def __init__(self) -> None:
-        self.board = Board(every_s=0.5)
-        self.down = False
-
-    async def report(self, replica: str, usage: dict[str, Usage]):
-        if self.down:
-            raise ConnectionError("board unreachable")
-        return self.board.report(replica, usage)
 
 
 def shared_door(fallback: str, board: FlakyBoard, clock: Clock, replica: str = "r1"):
@@ -208,8 +195,7 @@ async def admitted_per_s(split, seconds: float = 40.0, rate: float = 16.0) -> fl
         }
     )
     rng, clock = random.Random(7), Clock()
-    board = FlakyBoard()
-    board.board = Board(every_s=0.5, clock=clock)
+    board = FlakyBoard(clock)
     replicas = []
     for n in range(2):
         keys = KeyStore(cfg, clock=clock)
