@@ -6,14 +6,13 @@ BIN := $(VENV)/bin
 SERVING := $(VENV)/.installed-serving
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint bench browser gpu-bundle gpu-check
-# RAY_max_direct_call_object_size: a sentence's audio (up to ~45 s) returns inline, not
-# through the object store (README, "Sizing a GPU node"). FORWARDED_ALLOW_IPS="": Serve's
-# HTTP proxy believes no X-Forwarded-For; Chorus's trusted_proxies decides (README, Security).
+.PHONY: serve test lint bench browser promtool gpu-bundle gpu-check
+# `serve run` on a Ray whose node address is 127.0.0.1, with the settings every node needs
+# (serve_app/local.py; serve_app/config.py, NODE_SETTINGS).
 serve: $(SERVING)  ## the server with the packaged voice on http://127.0.0.1:8000
-	RAY_max_direct_call_object_size=4000000 FORWARDED_ALLOW_IPS= $(BIN)/serve run deploy/serve_config.yaml
+	$(BIN)/python -m serve_app.local deploy/serve_config.yaml
 
-test: $(STAMP) browser  ## lint, then every test (the cluster tests start a Ray cluster of their own)
+test: $(STAMP) browser promtool  ## lint, then every test (the cluster tests start a Ray cluster of their own)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 	$(BIN)/python -m pytest tests/cluster
@@ -38,6 +37,15 @@ browser:  ## Debian's Chromium, for the playground's browser test (which skips w
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
 	  >/dev/null; } || echo "No Chromium could be installed: the browser test will be skipped."
+
+promtool: $(SERVING)  ## Prometheus's promtool (from Debian's package, not installed), for the alert rules' test
+	@command -v promtool >/dev/null 2>&1 || [ -x $(BIN)/promtool ] || { \
+	  d=$$(mktemp -d) && cd $$d && chmod 755 $$d && \
+	  { apt-get download prometheus >/dev/null 2>&1 || \
+	    { apt-get update -qq && apt-get download prometheus >/dev/null 2>&1; }; } && \
+	  dpkg-deb --fsys-tarfile prometheus_*.deb | tar -x ./usr/bin/promtool && \
+	  mv usr/bin/promtool $(CURDIR)/$(BIN)/promtool; rm -rf $$d; } || \
+	  echo "No promtool could be had: the alert rules' test will be skipped."
 
 $(SERVING): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)

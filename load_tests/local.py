@@ -13,13 +13,13 @@ from typing import Any
 import httpx
 import yaml
 
+from serve_app.config import NODE_SETTINGS
+
 SERVE_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "serve_config.yaml"
 
 
-# What `make serve` and deploy/Dockerfile give every Ray process: a sentence's audio (up to
-# ~45 s) returns inline, not through the object store (README, "Sizing a GPU node"); Serve's
-# HTTP proxy believes no X-Forwarded-For, so Chorus's trusted_proxies decides (README, Security).
-RAY_ENV = {"RAY_max_direct_call_object_size": "4000000", "FORWARDED_ALLOW_IPS": ""}
+# What `make serve` and deploy/Dockerfile give every Ray process (serve_app.config).
+RAY_ENV = {name: value for name, (value, _) in NODE_SETTINGS.items()}
 
 
 def free_port() -> int:
@@ -49,9 +49,9 @@ def settled(replicas: int, app: str = "chorus", deployment: str = "Synthesizer")
 def running_chorus(
     app: Any, port: int | None = None, ready_timeout_s: float = 180, metrics_port: int | None = None
 ) -> Iterator[str]:
-    """Start Ray and Serve on 127.0.0.1, deploy `app`, wait for /readyz, yield the base URL;
-    shut everything down afterwards. With `metrics_port`, Ray's metrics agent serves
-    Prometheus text there, refreshed every second."""
+    """Start Ray (node address 127.0.0.1) and Serve on 127.0.0.1, deploy `app`, wait for
+    /readyz, yield the base URL; shut everything down afterwards. With `metrics_port`, Ray's
+    metrics agent serves Prometheus text there, refreshed every second."""
     import ray
     from ray import serve
 
@@ -64,7 +64,13 @@ def running_chorus(
         }
     for name, value in RAY_ENV.items():
         os.environ.setdefault(name, value)
-    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **metrics)
+    ray.init(
+        _node_ip_address="127.0.0.1",  # Ray's own ports stay off the network
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        **metrics,
+    )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(app, name="chorus", route_prefix="/")

@@ -55,16 +55,20 @@ class Server:
 
 
 def chorus(workdir: Path, port: int, overrides: dict) -> Server:
-    """The main job, `serve run deploy/serve_config.yaml`, on `port` with `overrides` applied
+    """The main job (`make serve`: serve_app.local), on `port` with `overrides` applied
     to the app's args."""
     config = yaml.safe_load(SERVE_CONFIG.read_text())
     config["http_options"] |= {"host": "127.0.0.1", "port": port}
     config["applications"][0]["args"] |= overrides
     path = workdir / "chorus.yaml"
     path.write_text(yaml.safe_dump(config))
-    serve = str(Path(sys.executable).with_name("serve"))
     return Server(
-        "chorus", "Chorus", "/readyz", "/v1/audio/speech", port, [serve, "run", str(path)]
+        "chorus",
+        "Chorus",
+        "/readyz",
+        "/v1/audio/speech",
+        port,
+        [sys.executable, "-m", "serve_app.local", str(path)],
     )
 
 

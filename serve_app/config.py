@@ -422,6 +422,33 @@ def env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"CHORUS_{name}", default)
 
 
+# Settings of Ray and of Serve's proxy that Chorus needs on every node, and how each gets
+# there. The first travels with the app (its serve configs' `runtime_env.env_vars`, which
+# Ray applies to every replica it starts); the second is read by Serve's HTTP proxy, which
+# the app does not start: it must be in the environment of `ray start` (the image sets it).
+NODE_SETTINGS = {
+    "RAY_max_direct_call_object_size": (
+        "4000000",
+        "a sentence's audio then returns inline, not through the object store (README, "
+        "Sizing); set by the serve configs' runtime_env",
+    ),
+    "FORWARDED_ALLOW_IPS": (
+        "",
+        "Serve's proxy then believes X-Forwarded-For from no one, and trusted_proxies alone "
+        "names the client (README, Security); set it where `ray start` runs",
+    ),
+}
+
+
+def unset_node_settings() -> list[str]:
+    """Warnings for the NODE_SETTINGS this process runs without (one line each)."""
+    return [
+        f"{name} is not set (want {value!r}): {why}"
+        for name, (value, why) in NODE_SETTINGS.items()
+        if name not in os.environ
+    ]
+
+
 def configure_logging() -> None:
     """Set Chorus's log level from CHORUS_LOG_LEVEL (default INFO).
 

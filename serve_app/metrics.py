@@ -162,6 +162,25 @@ class SynthesizerMetrics:
             description="Seconds of audio the model produced.",
             tag_keys=("voice", "device"),
         )
+        # NOTE: means are taken from counters (rate of a sum / rate of a count): Ray rebuilds a
+        # histogram's _sum from bucket midpoints, which read a mean batch of 23 as 17.2.
+        self.batches = Counter(
+            "chorus_batches_total",
+            description="Batches run through the model (mean batch size: "
+            "chorus_items_synthesized_total / this).",
+            tag_keys=("device",),
+        )
+        self.padding_efficiency_sum = Counter(
+            "chorus_batch_padding_efficiency_sum_total",
+            description="Per-batch padding efficiencies added up, for the mean (divided by "
+            "chorus_padded_batches_total).",
+            tag_keys=("device",),
+        )
+        self.padded_batches = Counter(
+            "chorus_padded_batches_total",
+            description="Batches that report a padding efficiency (batched decoders).",
+            tag_keys=("device",),
+        )
         self.out_of_memory = Counter(
             "chorus_out_of_memory_total",
             description="Batches that ran out of device memory (split and retried).",

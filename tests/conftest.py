@@ -2,9 +2,16 @@
 local Ray instance), tests/cluster (a fake multi-node cluster: a pytest session of its own,
 since a driver joins one Ray instance) and tests/gpu (the engine on CUDA; skipped without)."""
 
+import os
 from pathlib import Path
 
 import pytest
+
+from serve_app.local import LOCAL_ONLY
+
+# Every Ray this session starts has the node address 127.0.0.1, as `make serve` has: its
+# ports stay off the network (read when ray is imported, so before any test module is).
+os.environ.setdefault(LOCAL_ONLY, "0")
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = ("unit", "integration", "cluster", "gpu")

@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.config import AppConfig, configure_logging
+from serve_app.config import AppConfig, configure_logging, unset_node_settings
 from serve_app.errors import NotFound
 from serve_app.http import openapi, playground
 from serve_app.http.openapi import SPEECH_BODY, SPEECH_RESPONSES, responses
@@ -88,6 +88,8 @@ class Ingress:
 
     def __init__(self, synthesizer: DeploymentHandle, config: dict[str, Any]) -> None:
         configure_logging()
+        for warning in unset_node_settings():
+            logger.warning(warning)
         if not audio.load_ffmpeg():
             logger.error("PyAV is not installed: mp3, opus and aac answers will fail")
         self.synthesizer = synthesizer

@@ -185,6 +185,7 @@ class Synthesizer:
         m = self.metrics
         m.batch_seconds.observe(seconds)
         m.batch_size.observe(len(items))
+        m.batches.inc()
         self.batch_sizes[len(items)] += 1
         self.busy_s += seconds
         audio_s = 0.0
@@ -199,6 +200,8 @@ class Synthesizer:
             m.real_time_factor.observe(seconds / audio_s)
         if self.engine.padding_efficiency is not None:
             m.padding_efficiency.observe(self.engine.padding_efficiency)
+            m.padding_efficiency_sum.inc(self.engine.padding_efficiency)
+            m.padded_batches.inc()
             self.padding_sum += self.engine.padding_efficiency
             self.padding_batches += 1
         if self._cuda:

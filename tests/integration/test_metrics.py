@@ -166,6 +166,11 @@ def test_counters_and_histograms_moved_by_the_traffic(traffic: dict) -> None:
     assert 1 <= batches <= items
     assert delta(traffic, "chorus_batch_size_count", **chorus) == batches
     assert delta(traffic, "chorus_batch_padding_efficiency_count", **chorus) == batches
+    # and counted exactly, for the dashboard's means (a histogram's _sum is rebuilt by Ray)
+    assert delta(traffic, "chorus_batches_total", **chorus) == batches
+    assert delta(traffic, "chorus_padded_batches_total", **chorus) == batches
+    efficiency = delta(traffic, "chorus_batch_padding_efficiency_sum_total", **chorus)
+    assert 0 < efficiency <= batches
     assert delta(traffic, "chorus_model_audio_seconds_total", **chorus) >= traffic["audio_s"] - 0.5
     # The failed stream's later sentences were dropped; nothing is left in flight.
     assert delta(traffic, "chorus_items_cancelled_total", application="metered") >= 1
