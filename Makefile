@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SERVING := $(VENV)/.installed-serving
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint bench browser promtool gpu-bundle gpu-check
+.PHONY: serve test lint bench browser promtool image image-check gpu-bundle gpu-check
 # `serve run` on a Ray whose node address is 127.0.0.1, with the settings every node needs
 # (serve_app/local.py; serve_app/config.py, NODE_SETTINGS).
 serve: $(SERVING)  ## the server with the packaged voice on http://127.0.0.1:8000
@@ -26,6 +26,21 @@ bench: $(STAMP)  ## the comparison with peers, then engine, encoders, serving la
 	$(BIN)/python -m load_tests.bench_streaming
 	$(BIN)/python -m load_tests.bench_admission
 	$(BIN)/python -m load_tests.bench_scale_out
+
+IMAGE ?= chorus:0.1.0
+BASE ?= rayproject/ray:2.60.0-py311-gpu
+image:  ## docker build -f deploy/Dockerfile (BASE=, IMAGE=; docker build's own --build-arg for PIP_INDEX_URL etc.)
+	docker build --build-arg BASE=$(BASE) -f deploy/Dockerfile -t $(IMAGE) .
+
+# Debian's docker.io and debootstrap as root where missing, dockerd started where it is not
+# running; then tests/image (skipped, with the reason, where Docker cannot run).
+image-check: $(STAMP)  ## build the image (on a local stand-in base unless CHORUS_IMAGE_BASE is set), run it, check it serves speech (~10 min)
+	@command -v docker >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 || { \
+	  [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq docker.io debootstrap >/dev/null; } || true
+	@docker info >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v dockerd >/dev/null && \
+	  { dockerd >/tmp/chorus-dockerd.log 2>&1 & sleep 5; }; } || true
+	$(BIN)/python -m pytest -s tests/image
 
 gpu-bundle: $(SERVING)  ## the offline bundle for a GPU host without a package index: .offline/, parts <= 60 MiB
 	$(BIN)/python -m load_tests.offline_bundle

@@ -4,24 +4,48 @@ It is `serve run CONFIG` (default deploy/serve_config.yaml) with Ray started fir
 node address 127.0.0.1, so Ray's own ports (GCS, raylet, object manager, dashboard) are not
 on the machine's network address as a plain `serve run` puts them, and with the settings
 every Chorus node needs (`config.NODE_SETTINGS`) in Ray's environment. With RAY_ADDRESS set
-it joins that cluster instead, as `serve run` does. Ctrl+C stops Serve and Ray.
+it joins that cluster instead, as `serve run` does. CHORUS_HTTP_HOST and CHORUS_HTTP_PORT
+override the config's http_options. Ctrl+C or SIGTERM stops Serve and Ray.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import tempfile
 
-from serve_app.config import NODE_SETTINGS
+import yaml
+
+from serve_app.config import NODE_SETTINGS, env
 
 DEFAULT_CONFIG = "deploy/serve_config.yaml"
 LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": one machine, node address 127.0.0.1
+
+
+def with_address(config: str) -> str:
+    """`config`, or a copy of it listening where CHORUS_HTTP_HOST / CHORUS_HTTP_PORT say
+    (e.g. 0.0.0.0 in a container on a bridge network)."""
+    host, port = env("HTTP_HOST"), env("HTTP_PORT")
+    if not (host or port):
+        return config
+    with open(config) as f:
+        raw = yaml.safe_load(f)
+    http = raw.setdefault("http_options", {})
+    if host:
+        http["host"] = host
+    if port:
+        http["port"] = int(port)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(raw, f)
+    return f.name
 
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0].startswith("-"):
         args.insert(0, DEFAULT_CONFIG)
+    args[0] = with_address(args[0])
     for name, (value, _) in NODE_SETTINGS.items():
         os.environ.setdefault(name, value)
     alone = not os.environ.get("RAY_ADDRESS")
@@ -35,8 +59,14 @@ def main(argv: list[str] | None = None) -> None:
     from ray.serve._private.constants import SERVE_NAMESPACE
     from ray.serve.scripts import cli
 
-    if alone:  # `serve run` uses this Ray (it starts one only if none is)
+    # NOTE: `serve run` uses this Ray (it starts or joins one only if none is).
+    if alone:
         ray.init(dashboard_host="127.0.0.1", namespace=SERVE_NAMESPACE)
+    else:
+        ray.init(address=os.environ["RAY_ADDRESS"], namespace=SERVE_NAMESPACE)
+    # NOTE: `docker stop` and Kubernetes send SIGTERM: shut Serve and Ray down as Ctrl+C
+    # does (ray.init's own handler exits at once, leaving Serve's replicas to be killed).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     cli.main(["run", *args], prog_name="serve")
 
 

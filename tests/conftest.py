@@ -1,6 +1,7 @@
 """Tests are marked by folder: tests/unit (in-process), tests/integration (real Ray Serve on one
 local Ray instance), tests/cluster (a fake multi-node cluster: a pytest session of its own,
-since a driver joins one Ray instance) and tests/gpu (the engine on CUDA; skipped without)."""
+since a driver joins one Ray instance), tests/gpu (the engine on CUDA; skipped without) and
+tests/image (the image built and run with Docker: `make image-check`, not in `make test`)."""
 
 import os
 from pathlib import Path
@@ -14,7 +15,7 @@ from serve_app.local import LOCAL_ONLY
 os.environ.setdefault(LOCAL_ONLY, "0")
 
 ROOT = Path(__file__).resolve().parent.parent
-FOLDERS = ("unit", "integration", "cluster", "gpu")
+FOLDERS = ("unit", "integration", "cluster", "gpu", "image")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
