@@ -69,6 +69,7 @@ class Backlog:
         self._served: Counter[str] = Counter()  # phonemes synthesized per client, this interval
         self._waited: set[str] = set()  # clients that had items waiting, this interval
         self._weights: dict[str, float] = {}
+        self._accounting = False  # from the first take_service() on (the board asks for it)
 
     def request(
         self, lane: str, client: str = "anonymous", weight: float = 1.0, chars: int = 0
@@ -76,7 +77,8 @@ class Backlog:
         """Register an admitted request; it counts until `RequestWork.close()`."""
         work = RequestWork(self, lane, client, weight, self.meter.phonemes(chars), chars)
         self.active.add(work)
-        self._weights[client] = weight
+        if self._accounting:
+            self._weights[client] = weight
         self.per_client[client] += 1
         return work
 
@@ -163,6 +165,7 @@ class Backlog:
 
     def take_service(self) -> dict[str, Service]:
         """Each client's model time and whether it waited, since the last call."""
+        self._accounting = True
         for lane in self._queue.children.values():  # waiting now
             self._waited.update(name for name, node in lane.children.items() if node.size)
         service = {
@@ -207,7 +210,7 @@ class Backlog:
         self._phonemes -= tracked.phonemes
         if tracked.dispatched:
             self.in_flight -= 1
-            if model_s is not None:
+            if model_s is not None and self._accounting:
                 self._served[tracked.work.client] += tracked.phonemes
         else:
             self._queue.remove(tracked.work.names, tracked)
@@ -291,7 +294,7 @@ class Tracked(Awaitable[Any]):
         self._task = asyncio.create_task(self._run(item, backlog.send), name="chorus-item")
         self._task.add_done_callback(self._ended)
         backlog._dispatch()
-        if not self.dispatched:  # it waits for a turn
+        if not self.dispatched and backlog._accounting:  # it waits for a turn
             backlog._waited.add(work.client)
 
     def order(self) -> tuple[float, int]:
