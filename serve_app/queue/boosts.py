@@ -6,8 +6,8 @@ share that replica's part of the model. Serve's proxy routes without looking at 
 and a client's next request tends to go where its last one just finished (that replica has
 just freed a slot): a light client's few requests can all sit in one replica while a heavy
 client fills every replica. In the cluster test (2 ingress replicas, a light key with 4
-clients against a heavy one with 24) the light key then got a quarter of the model instead
-of half in one run of eight.
+clients against a heavy one with 24) the light key then got a quarter to three eighths of
+the model instead of half, in about one run of four.
 
 So the board (`queue.shared`) also hears, from every replica, the model time (phonemes)
 each client was given there in the last interval and whether it had items waiting. Among the
