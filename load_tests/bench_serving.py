@@ -141,12 +141,20 @@ def wait_deployed(ingress_replicas: int, timeout_s: float = 180) -> None:
 
 
 def deploy(ingress_replicas: int, speedup: float, user_config: dict, args: dict) -> Any:
+    """The app on the GPU-speed engine. The model replica takes every call the ingress
+    replicas may have in flight (max_ongoing_requests = items_in_flight x ingress replicas,
+    as deploy/serve_config.gpu.yaml says).
+
+    NOTE: with Serve's default of 32 below items_in_flight (128 once here), the replica
+    rejected calls and Serve's router retried them with back-off: the items waiting stalled
+    together for seconds, a first-audio p99 of 2-6 s in either front door (issue 31)."""
     config = parse_app_args(deploy_args() | args)
+    calls = config.items_in_flight * ingress_replicas
     return bind_app(
         config,
         engine_cls=GpuSpeedEngine,
         engine_kwargs={"speedup": speedup},
-        synthesizer_options={"user_config": user_config},
+        synthesizer_options={"user_config": user_config, "max_ongoing_requests": calls},
         ingress_options={"num_replicas": ingress_replicas},
     )
 
@@ -173,7 +181,10 @@ def main() -> None:
     print("stage costs (CPU ms per item):", report["stages"])
     from ray import serve
 
-    base_args = {"items_in_flight": 128, "max_backlog_s": 600, "max_active_requests": 1024}
+    # NOTE: 32 items in flight: a returning batch frees its slots at once, and the items sent
+    # into them share one call and form the next batch (128 here: one or two items a call,
+    # two a batch, 30% fewer items/s).
+    base_args = {"items_in_flight": 32, "max_backlog_s": 600, "max_active_requests": 1024}
     batching = {"max_batch_size": 64, "batch_wait_timeout_s": 0.005}
     first = deploy(1, args.speedup, batching, base_args)
     report["ceiling"] = {}

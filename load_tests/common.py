@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -10,16 +11,21 @@ from pathlib import Path
 
 import torch
 
+from serve_app.config import HAPROXY_SWITCH, NODE_SETTINGS
+
 RESULTS = Path(__file__).parent / "results"
 
 
 def machine() -> dict:
+    default = NODE_SETTINGS[HAPROXY_SWITCH][0]
     return {
         "cpu": platform.processor() or platform.machine(),
         "cores": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        # Serve's front door of the servers this run starts (README, The front door)
+        "front_door": "haproxy" if os.environ.get(HAPROXY_SWITCH, default) == "1" else "proxy",
     }
 
 

@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import os
 import re
+import sysconfig
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -422,10 +423,30 @@ def env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"CHORUS_{name}", default)
 
 
-# Settings of Ray and of Serve's proxy that Chorus needs on every node, and how each gets
+# Serve's front door (README, "The front door"): HAProxy with direct ingress, the ingress
+# replicas taking HTTP themselves ("haproxy"), or Serve's Python proxy ("proxy").
+FrontDoorKind = Literal["haproxy", "proxy"]
+HAPROXY_SWITCH = "RAY_SERVE_ENABLE_HA_PROXY"
+HAPROXY_BINARY = "RAY_SERVE_HAPROXY_BINARY_PATH"
+CHORUS_HAPROXY = "chorus-haproxy"  # serve_app/haproxy.py, a console script of this package
+
+
+def front_door() -> FrontDoorKind:
+    """The front door this Ray node runs (read by Serve as Ray starts: the same everywhere)."""
+    return "haproxy" if os.environ.get(HAPROXY_SWITCH) == "1" else "proxy"
+
+
+def haproxy_adds_peer() -> bool:
+    """Whether Serve's HAProxy here is run through chorus-haproxy, which has it append the
+    address it saw to X-Forwarded-For and Forwarded."""
+    return Path(os.environ.get(HAPROXY_BINARY, "")).name == CHORUS_HAPROXY
+
+
+# Settings of Ray and of Serve's front door that Chorus needs on every node, and how each gets
 # there. The first travels with the app (its serve configs' `runtime_env.env_vars`, which
-# Ray applies to every replica it starts); the second is read by Serve's HTTP proxy, which
-# the app does not start: it must be in the environment of `ray start` (the image sets it).
+# Ray applies to every replica it starts); the others are read by Serve's controller and
+# proxy, which the app does not start: they must be in the environment of `ray start` (the
+# image sets them; `make serve` and the tests too).
 NODE_SETTINGS = {
     "RAY_max_direct_call_object_size": (
         "4000000",
@@ -434,18 +455,32 @@ NODE_SETTINGS = {
     ),
     "FORWARDED_ALLOW_IPS": (
         "",
-        "Serve's proxy then believes X-Forwarded-For from no one, and trusted_proxies alone "
-        "names the client (README, Security); set it where `ray start` runs",
+        "Serve's proxy (and, in HAProxy mode, the ingress replicas' own HTTP servers) then "
+        "believe X-Forwarded-For from no one, and trusted_proxies alone names the client "
+        "(README, Security); set it where `ray start` runs",
+    ),
+    HAPROXY_SWITCH: (
+        "1",
+        "Serve's front door is then HAProxy, the ingress replicas taking HTTP directly "
+        "(README, The front door; 0: Serve's Python proxy); set it where `ray start` runs",
+    ),
+    HAPROXY_BINARY: (
+        str(Path(sysconfig.get_path("scripts")) / CHORUS_HAPROXY),
+        "Serve's HAProxy then runs through chorus-haproxy, which adds the client's address "
+        "to what it forwards: without it every request's client is HAProxy, one fair share "
+        "and one set of open_limits for all (README, The front door); set it where "
+        "`ray start` runs",
     ),
 }
 
 
 def unset_node_settings() -> list[str]:
-    """Warnings for the NODE_SETTINGS this process runs without (one line each)."""
+    """Warnings for the NODE_SETTINGS this process runs without (one line each); the HAProxy
+    binary matters only in HAProxy mode."""
     return [
         f"{name} is not set (want {value!r}): {why}"
         for name, (value, why) in NODE_SETTINGS.items()
-        if name not in os.environ
+        if name not in os.environ and (name != HAPROXY_BINARY or front_door() == "haproxy")
     ]
 
 

@@ -5,7 +5,7 @@ and deadline, from the body or headers), as one `SpeechCall`. Every failure is a
 import ipaddress
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import Request
@@ -108,16 +108,28 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def client_address(request: Request, trusted: Sequence[Network]) -> str | None:
+def client_address(
+    request: Request,
+    trusted: Sequence[Network],
+    front_door: Callable[[IP], bool] | None = None,
+) -> str | None:
     """The address of the client that sent `request`: the connection's peer, or, when the
     peer is a trusted proxy, the nearest address in its Forwarded / X-Forwarded-For chain
-    that is not a trusted proxy. An IPv6 client is its /64 network (one host's addresses)."""
+    that is not a trusted proxy. An IPv6 client is its /64 network (one host's addresses).
+
+    From a peer that is Serve's own front door (`front_door(peer)`: an HAProxy that appends
+    the address it saw to X-Forwarded-For, `http.front_door`), that last entry is the real
+    peer, and the chain is what came before it."""
     peer = _ip(request.client.host if request.client else None)
     if peer is None:
         return None
+    forwarded, xff = _forwarded_for(request.headers), _x_forwarded_for(request.headers)
+    if front_door is not None and xff and front_door(peer):
+        peer = _ip(xff.pop()) or peer
+    chain = forwarded or xff
     hop = peer
     if _trusted(hop, trusted):
-        for entry in reversed(forwarded_chain(request.headers)):
+        for entry in reversed(chain):
             address = _ip(entry)
             if address is None:
                 break  # not an address ("unknown", obfuscated): the last proxy is the client
@@ -130,18 +142,19 @@ def client_address(request: Request, trusted: Sequence[Network]) -> str | None:
     return str(hop)
 
 
-def forwarded_chain(headers: Headers) -> list[str]:
-    """The client-to-proxy chain of addresses a request went through, from its `Forwarded`
-    (RFC 7239) header or else `X-Forwarded-For`, first client first."""
-    forwarded = headers.getlist("forwarded")
-    if forwarded:
-        chain = []
-        for element in ",".join(forwarded).split(","):
-            for pair in element.split(";"):
-                name, _, value = pair.strip().partition("=")
-                if name.lower() == "for":
-                    chain.append(value.strip().strip('"'))
-        return chain
+def _forwarded_for(headers: Headers) -> list[str]:
+    """The `for=` addresses of a `Forwarded` header (RFC 7239), first client first."""
+    chain = []
+    for element in ",".join(headers.getlist("forwarded")).split(","):
+        for pair in element.split(";"):
+            name, _, value = pair.strip().partition("=")
+            if name.lower() == "for":
+                chain.append(value.strip().strip('"'))
+    return chain
+
+
+def _x_forwarded_for(headers: Headers) -> list[str]:
+    """The addresses of `X-Forwarded-For`, first client first."""
     xff = headers.getlist("x-forwarded-for")
     return [a.strip() for a in ",".join(xff).split(",") if a.strip()]
 

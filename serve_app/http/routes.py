@@ -21,6 +21,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.config import AppConfig, configure_logging, unset_node_settings
 from serve_app.errors import NotFound
 from serve_app.http import openapi, playground
+from serve_app.http.front_door import FrontDoor
 from serve_app.http.openapi import SPEECH_BODY, SPEECH_RESPONSES, responses
 from serve_app.http.requests import client_address, read_speech_call
 from serve_app.http.responses import CountRequests, register_error_handlers
@@ -67,7 +68,9 @@ async def authenticated(request: Request) -> Client:
     """The caller, by API key (401 without a valid one, when the server has keys), or by
     client address on an open server."""
     keys: KeyStore = request.app.state.keys
-    return keys.authenticate(request.headers, client_address(request, keys.trusted_proxies))
+    door: FrontDoor = request.app.state.front_door
+    address = client_address(request, keys.trusted_proxies, door.forwards)
+    return keys.authenticate(request.headers, address)
 
 
 AUTH = [Depends(authenticated)]
@@ -113,6 +116,12 @@ class Ingress:
             on_change=self._backlog_changed,
         )
         self.keys = KeyStore(config)
+        self.front_door = FrontDoor()
+        if self.front_door.active:
+            # NOTE: Serve runs __init__ on the replica's event loop; the task lives as long as it.
+            self._nodes_task = asyncio.get_running_loop().create_task(
+                self.front_door.run(), name="front-door"
+            )
         self.shared = self._shared_limits() if config.shared_limits else None
         self.door = Door(config, self.backlog, self.shared)
         self.speech = SpeechService(config, self.catalogue, self.door, self.replicas, self.metrics)
@@ -122,6 +131,7 @@ class Ingress:
         )
         app.state.metrics = self.metrics
         app.state.keys = self.keys
+        app.state.front_door = self.front_door
         self.openapi = openapi.document(app, config, self.catalogue.names())
 
     def _shared_limits(self) -> SharedLimits:

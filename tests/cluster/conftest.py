@@ -73,7 +73,8 @@ def cluster() -> Iterator[FakeCluster]:
 
     # NOTE: every Ray process inherits these: replicas and handles report autoscaling metrics
     # every half second (10 s by default), and workers can import `tests.cluster.apps`.
-    os.environ.update(RAY_ENV)  # as `make serve` and the image set them
+    for name, value in RAY_ENV.items():  # as `make serve` and the image set them
+        os.environ.setdefault(name, value)  # (make test runs some behind the other front door)
     # NOTE: Serve's proxy prefers replicas on its own node; with one proxy here, that would
     # send every request to whichever ingress replica shares the head node. Spread them, as a
     # load balancer in front of a proxy on every node spreads them in a real cluster.

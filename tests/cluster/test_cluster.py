@@ -110,6 +110,7 @@ def test_killing_a_model_replica_under_load_fails_no_request(cluster: FakeCluste
     assert len(load.results) >= killed_at + 16
 
 
+@pytest.mark.front_door
 def test_serve_deploy_under_load_applies_in_place_or_rolls_without_failures(
     cluster: FakeCluster,
 ) -> None:

@@ -67,6 +67,7 @@ def door(server: str) -> Iterator[str]:
         yield url
 
 
+@pytest.mark.front_door
 def test_burst_at_4x_capacity_is_answered_at_once_and_accepted_work_completes(
     server: str,
 ) -> None:

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.timeout(240)
 JOBS = [(f"{TEXTS[i % len(TEXTS)]} {TEXTS[(i * 5 + 3) % len(TEXTS)]}", 1000 + i) for i in range(16)]
 
 
+@pytest.mark.front_door
 def test_sixteen_concurrent_requests_get_exactly_their_own_audio(client, server) -> None:
     alone = [
         pcm16(speech(client, input=text, seed=seed, response_format="pcm").content)
@@ -50,6 +51,7 @@ def test_sixteen_concurrent_requests_get_exactly_their_own_audio(client, server)
         assert np.abs(mine - reference).max() <= 4 / 32767, f"request {i} got other audio"
 
 
+@pytest.mark.front_door
 def test_client_that_vanishes_mid_request_does_not_hurt_others(client, server) -> None:
     long_text = " ".join(TEXTS * 6)
 

@@ -11,6 +11,7 @@ from tests.integration.conftest import assert_envelope, fake_app, speak_all
 pytestmark = pytest.mark.timeout(120)
 
 
+@pytest.mark.front_door
 def test_full_queues_get_503_envelope_with_retry_after(server: str) -> None:
     # One item per call: Serve's queue limits count calls.
     args = {"items_per_call": 1}

@@ -72,6 +72,27 @@ def test_each_address_has_its_own_rate_limit_and_forwarded_ones_need_a_trusted_p
     assert statuses.count(429) >= 3, statuses
 
 
+@pytest.mark.front_door
+def test_each_source_address_is_its_own_client_whichever_the_front_door(server: str) -> None:
+    """Two machines (127.0.0.1 and 127.0.0.2), no proxy trusted: each has its own limit, and
+    a header naming the other changes nothing. Behind Serve's proxy the ingress learns the
+    peer from the proxy; in HAProxy mode from the X-Forwarded-For line chorus-haproxy has
+    HAProxy append (without it, both would be HAProxy's 127.0.0.1: one client)."""
+    other = httpx.HTTPTransport(local_address="127.0.0.2")
+    with (
+        fake_app(server, "peers", LIMITED, delay_s=0) as url,
+        httpx.Client(base_url=url, timeout=60) as one,
+        httpx.Client(base_url=url, timeout=60, transport=other) as two,
+    ):
+        assert speak(two, {}).status_code == 200  # the app has warmed up (one of .2's three)
+        flood = [speak(one, {}).status_code for _ in range(6)]
+        assert flood[:3] == [200] * 3 and 429 in flood, flood
+        assert speak(two, {}).status_code == 200  # .1's flood is not .2's
+        # .2 claiming to be others is still .2: its burst runs out as before
+        posing = [speak(two, via(f"198.51.100.{n}")).status_code for n in range(6)]
+    assert 429 in posing, posing
+
+
 class Prober:
     """Polls /readyz every 0.1 s in a thread; records each status."""
 
@@ -121,6 +142,7 @@ def long_requests(url: str, count: int) -> list[threading.Thread]:
     return threads
 
 
+@pytest.mark.front_door
 def test_readiness_holds_under_load_and_fails_while_no_model_replica_runs(
     server: str, tmp_path
 ) -> None:

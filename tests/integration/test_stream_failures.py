@@ -25,6 +25,7 @@ def body(text: str, **fields) -> dict:
     return {"model": "tts-1", "voice": "alloy", "input": text, "response_format": "pcm", **fields}
 
 
+@pytest.mark.front_door
 def test_sse_reports_queue_position_then_heartbeats(server: str) -> None:
     args = {"heartbeat_s": 0.2}
     with fake_app(server, "queued", args, delay_s=0.25, **ONE_AT_A_TIME) as url:
@@ -116,6 +117,7 @@ def test_chunked_audio_failure_is_an_error_status_before_start_and_a_cut_after(
                 pass
 
 
+@pytest.mark.front_door
 def test_past_deadline_gets_504_and_queued_items_never_run(server: str) -> None:
     args = {"request_timeout_s": 1.0}
     # a model far slower than its own probe said: the door admits what it cannot finish

@@ -35,6 +35,7 @@ def read_sse(response: httpx.Response) -> tuple[list[dict], bytes]:
     return events, audio
 
 
+@pytest.mark.front_door
 def test_ten_sentences_streamed_as_sse_and_chunked_pcm_equal_the_whole_response(client) -> None:
     whole = speech(client, **BODY, stream_format="file")
     assert whole.status_code == 200 and whole.headers["x-chorus-sentences"] == "10"
@@ -87,6 +88,7 @@ def test_timings_come_as_json_beside_whole_audio(client) -> None:
     assert sentences[-1]["end_s"] == pytest.approx(answer["audio_seconds"], abs=0.01)
 
 
+@pytest.mark.front_door
 def test_first_audio_arrives_while_later_sentences_are_still_pending(client, server) -> None:
     before = replica_stats("chorus")["items"]
     sse = {**BODY, "stream_format": "sse", "chorus_events": True}
@@ -117,6 +119,7 @@ async def leave_after_first_audio(server: str, stream_format: str, seed: int) ->
                 return  # leaving the blocks closes the connection mid-stream
 
 
+@pytest.mark.front_door
 def test_clients_that_leave_after_first_audio_leave_no_work_behind(client, server) -> None:
     before = replica_stats("chorus")["items"]
 

@@ -42,3 +42,11 @@ def test_each_missing_node_setting_is_named_with_its_value_and_why(
     monkeypatch.delenv("FORWARDED_ALLOW_IPS")
     (warning,) = unset_node_settings()
     assert warning.startswith("FORWARDED_ALLOW_IPS is not set (want '')") and "proxy" in warning
+    # The HAProxy binary matters only behind HAProxy.
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "")
+    monkeypatch.delenv("RAY_SERVE_HAPROXY_BINARY_PATH")
+    (warning,) = unset_node_settings()
+    assert warning.startswith("RAY_SERVE_HAPROXY_BINARY_PATH is not set")
+    assert "chorus-haproxy" in warning
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")
+    assert unset_node_settings() == []
