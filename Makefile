@@ -12,10 +12,15 @@ STAMP := $(VENV)/.installed
 serve: $(SERVING)  ## the server with the packaged voice on http://127.0.0.1:8000
 	$(BIN)/python -m serve_app.local deploy/serve_config.yaml
 
+# Every test behind the default front door (HAProxy mode), then the promises marked
+# `front_door` behind the other, Serve's proxy (README, "The front door").
+OTHER_FRONT_DOOR := RAY_SERVE_ENABLE_HA_PROXY=0
 test: $(STAMP) browser promtool  ## lint, then every test (the cluster tests start a Ray cluster of their own)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 	$(BIN)/python -m pytest tests/cluster
+	$(OTHER_FRONT_DOOR) $(BIN)/python -m pytest -m front_door tests/integration
+	$(OTHER_FRONT_DOOR) $(BIN)/python -m pytest -m front_door tests/cluster
 
 bench: $(STAMP)  ## the comparison with peers, then engine, encoders, serving layer, server, streaming, admission, scale-out
 	$(BIN)/python -m load_tests.compare

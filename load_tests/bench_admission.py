@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--loads", default="1,2,4")
     parser.add_argument("--max-backlog-s", type=float, default=5)
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--save-as", default="admission_cpu")
     args = parser.parse_args()
     args.loads = [float(x) for x in args.loads.split(",")]
     config = {**deploy_args(), "max_backlog_s": args.max_backlog_s}
@@ -64,7 +65,7 @@ def main() -> None:
     with running_chorus(build_app(config), port=port):
         report = asyncio.run(run(args, port))
     report |= {"machine": machine(), "args": vars(args)}
-    print(f"saved {save('admission_cpu', report)}")
+    print(f"saved {save(args.save_as, report)}")
 
 
 if __name__ == "__main__":

@@ -141,6 +141,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=30, help="a client's patience, seconds")
     parser.add_argument("--max-backlog-s", type=float, default=20, help="Chorus's, below --timeout")
     parser.add_argument("--skip-direct", action="store_true")
+    parser.add_argument(
+        "--save-as", default="compare", help="results: NAME_cpu.json, NAME_load.png, ..."
+    )
     args = parser.parse_args()
     args.loads = [float(x) for x in args.loads.split(",")]
     began = time.perf_counter()
@@ -161,10 +164,9 @@ def main() -> None:
     for t in result["targets"]:
         mark = "reached" if t["reached"] else "MISSED "
         print(f"{mark}  {t['target']}: {t['measured']} (goal {t['goal']})")
-    plots = rep.plot(result, RESULTS)
-    print(
-        f"wrote {save('compare_cpu', result)}, {', '.join(map(str, plots))} in {result['wall_s']} s"
-    )
+    plots = rep.plot(result, RESULTS, args.save_as)
+    saved = save(f"{args.save_as}_cpu", result)
+    print(f"wrote {saved}, {', '.join(map(str, plots))} in {result['wall_s']} s")
 
 
 if __name__ == "__main__":

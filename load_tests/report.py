@@ -123,7 +123,7 @@ def check_targets(report: dict) -> list[dict]:
     return out
 
 
-def plot(report: dict, folder: Path) -> list[Path]:
+def plot(report: dict, folder: Path, name: str = "compare") -> list[Path]:
     """Two PNGs: latency and throughput against offered load, and the closed-loop bars."""
     import matplotlib
 
@@ -155,7 +155,7 @@ def plot(report: dict, folder: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    paths = [folder / "compare_load.png"]
+    paths = [folder / f"{name}_load.png"]
     fig.savefig(paths[0], dpi=110)
 
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
@@ -172,7 +172,7 @@ def plot(report: dict, folder: Path) -> list[Path]:
         ax.set_title(f"{title}, {clients} clients", fontsize=9)
         ax.tick_params(axis="x", labelsize=7)
     fig.tight_layout()
-    paths.append(folder / "compare_clients.png")
+    paths.append(folder / f"{name}_clients.png")
     fig.savefig(paths[1], dpi=110)
     plt.close("all")
     return paths

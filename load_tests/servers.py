@@ -98,7 +98,7 @@ def make(name: str, workdir: Path, chorus_overrides: dict) -> Server:
 def running(server: Server, workdir: Path, ready_timeout_s: float = 240) -> Iterator[Server]:
     """Start `server`, wait until its ready path answers 200, stop it (and its children)."""
     log = (workdir / f"{server.name}.log").open("wb")
-    env = {**os.environ, **RAY_ENV, "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
+    env = {**RAY_ENV, **os.environ, "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         server.command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
     )

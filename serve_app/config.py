@@ -266,7 +266,9 @@ class AppConfig(_Strict):
         le=4096,
         description="Sentence items this ingress replica keeps at each model replica that "
         "answered it in the last 30 s; the rest wait here, in lane and fair-share order. "
-        "About 2 x max_batch_size.",
+        "About 2 x max_batch_size. Keep it x ingress replicas within the Synthesizer's "
+        "max_ongoing_requests: calls past that are rejected and retried by Serve's router "
+        "with back-off, and the items waiting stall together (a first-audio tail of seconds).",
     )
     items_per_call: int = Field(
         16,

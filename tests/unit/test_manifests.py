@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import lzma
+import shlex
 import typing
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,13 @@ from ray.runtime_env import RuntimeEnv
 from ray.serve.config import AutoscalingPolicy
 from ray.serve.schema import ServeDeploySchema
 
-from serve_app.config import NODE_SETTINGS, AppConfig, SynthesizerUserConfig
+from serve_app.config import (
+    HAPROXY_BINARY,
+    HAPROXY_SWITCH,
+    NODE_SETTINGS,
+    AppConfig,
+    SynthesizerUserConfig,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -176,3 +183,18 @@ def test_the_settings_that_can_travel_with_the_app_do(name: str, raw: dict) -> N
     for app in raw["applications"]:
         env = app["runtime_env"]["env_vars"]
         assert {k: env.get(k) for k in travels} == {k: NODE_SETTINGS[k][0] for k in travels}
+
+
+def test_the_image_sets_every_node_setting_and_links_the_haproxy_it_names() -> None:
+    dockerfile = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    env: dict[str, str] = {}
+    for line in dockerfile.splitlines():
+        if line.startswith("ENV "):
+            env |= dict(pair.split("=", 1) for pair in shlex.split(line[4:]))
+    assert set(NODE_SETTINGS) <= set(env), set(NODE_SETTINGS) - set(env)
+    for name in ("RAY_max_direct_call_object_size", "FORWARDED_ALLOW_IPS", HAPROXY_SWITCH):
+        assert env[name] == NODE_SETTINGS[name][0], name
+    linked = env[HAPROXY_BINARY]
+    assert Path(linked).name == "chorus-haproxy"
+    workdir = next(ln.split()[1] for ln in dockerfile.splitlines() if ln.startswith("WORKDIR"))
+    assert f'ln -s "$(command -v chorus-haproxy)" {Path(linked).relative_to(workdir)}' in dockerfile
