@@ -1,11 +1,12 @@
 """Chorus side by side with the alternatives, on this machine, same voice, same texts.
 
-    python -m load_tests.compare [--servers chorus,piper,lock] [--clients 16] ...
+    python -m load_tests.compare [--servers chorus,chorus-proxy,piper,lock] [--clients 16] ...
 
 Measured in one run, each server started and stopped by this runner:
 - the engine alone, called in-process (what serving costs);
 - Chorus: the main job (`serve run deploy/serve_config.yaml`), wav streamed sentence by
-  sentence, `max_backlog_s` set below the clients' patience;
+  sentence, `max_backlog_s` set below the clients' patience; behind HAProxy (its default
+  front door) and, as `chorus-proxy`, behind Serve's proxy;
 - piper-tts's own HTTP server (`python -m piper.http_server`) with the same voice file;
 - the usual one-process FastAPI app with a global lock around the model (lock_server.py).
 
@@ -132,7 +133,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--servers", default="chorus,piper,lock")
+    parser.add_argument("--servers", default="chorus,chorus-proxy,piper,lock")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--unloaded", type=int, default=12, help="requests sent one at a time")
     parser.add_argument("--closed-seconds", type=float, default=30)

@@ -14,6 +14,7 @@ import httpx
 import yaml
 
 from serve_app.config import NODE_SETTINGS
+from serve_app.local import ONE_MACHINE
 
 SERVE_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "serve_config.yaml"
 
@@ -62,7 +63,7 @@ def running_chorus(
             "_metrics_export_port": metrics_port,
             "_system_config": {"metrics_report_interval_ms": 1000},
         }
-    for name, value in RAY_ENV.items():
+    for name, value in {**RAY_ENV, **ONE_MACHINE}.items():
         os.environ.setdefault(name, value)
     ray.init(
         _node_ip_address="127.0.0.1",  # Ray's own ports stay off the network

@@ -40,6 +40,7 @@ class Server:
     command: list[str] = field(default_factory=list)
     pid: int = 0
     floor_path: str = ""  # the cheapest GET: what any request costs it at a given moment
+    env: dict[str, str] = field(default_factory=dict)  # over RAY_ENV and this process's
 
     @property
     def url(self) -> str:
@@ -49,26 +50,32 @@ class Server:
         if self.name == "piper":
             return {"text": text}
         body = {"model": "tts-1", "voice": "alloy", "input": text, "response_format": "wav"}
-        if self.name == "chorus":  # streamed: the first sentence leaves when it is ready
+        if self.name.startswith("chorus"):  # streamed: the first sentence leaves when ready
             body |= {"stream_format": "audio", "seed": seed}
         return body
 
 
-def chorus(workdir: Path, port: int, overrides: dict) -> Server:
+# The other front door (README, "The front door"): Chorus behind Serve's Python proxy.
+BEHIND_SERVES_PROXY = {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+
+
+def chorus(workdir: Path, port: int, overrides: dict, env: dict | None = None) -> Server:
     """The main job (`make serve`: serve_app.local), on `port` with `overrides` applied
-    to the app's args."""
+    to the app's args; with `env` behind Serve's proxy instead of HAProxy."""
     config = yaml.safe_load(SERVE_CONFIG.read_text())
     config["http_options"] |= {"host": "127.0.0.1", "port": port}
     config["applications"][0]["args"] |= overrides
-    path = workdir / "chorus.yaml"
+    name = "chorus-proxy" if env else "chorus"
+    path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return Server(
-        "chorus",
-        "Chorus",
+        name,
+        "Chorus, Serve's proxy" if env else "Chorus",
         "/readyz",
         "/v1/audio/speech",
         port,
         [sys.executable, "-m", "serve_app.local", str(path)],
+        env=env or {},
     )
 
 
@@ -91,6 +98,8 @@ def make(name: str, workdir: Path, chorus_overrides: dict) -> Server:
     port = free_port()
     if name == "chorus":
         return chorus(workdir, port, chorus_overrides)
+    if name == "chorus-proxy":
+        return chorus(workdir, port, chorus_overrides, BEHIND_SERVES_PROXY)
     return {"piper": piper, "lock": lock}[name](port)
 
 
@@ -98,7 +107,7 @@ def make(name: str, workdir: Path, chorus_overrides: dict) -> Server:
 def running(server: Server, workdir: Path, ready_timeout_s: float = 240) -> Iterator[Server]:
     """Start `server`, wait until its ready path answers 200, stop it (and its children)."""
     log = (workdir / f"{server.name}.log").open("wb")
-    env = {**RAY_ENV, **os.environ, "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
+    env = {**RAY_ENV, **os.environ, **server.env, "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         server.command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
     )

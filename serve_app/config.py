@@ -1,6 +1,7 @@
 """App arguments and replica user_config: validated, documented.
 
-This is the one module that reads environment variables.
+This is the one module of the app that reads environment variables (`serve_app.haproxy`, a
+command Serve runs before HAProxy, reads the one it is run by: it keeps its imports light).
 """
 
 from __future__ import annotations

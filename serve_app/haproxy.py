@@ -30,7 +30,7 @@ import shutil
 import sys
 
 MARKER = "# chorus-haproxy: edited"
-BINARY_ENV = "RAY_SERVE_HAPROXY_BINARY_PATH"
+BINARY_ENV = "RAY_SERVE_HAPROXY_BINARY_PATH"  # config.HAPROXY_BINARY, not imported: pydantic
 ADDED_TO_DEFAULTS = ("option forwardfor",)
 # A bind on every interface (`bind :9101`, `bind *:8404`, `bind 0.0.0.0:1`), and the HTTP
 # frontend's own bind.

@@ -21,6 +21,11 @@ from serve_app.config import NODE_SETTINGS, env
 
 DEFAULT_CONFIG = "deploy/serve_config.yaml"
 LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": one machine, node address 127.0.0.1
+# On one machine, behind HAProxy: a stopping ingress replica stays open at least this long
+# (Ray's default is 30 s, for load balancers in front of a cluster to deregister it; Serve's
+# own HAProxy, the only one here, does within a second). With 30, every Ctrl+C, `docker
+# stop` and test app took over 30 s to stop. In-flight requests are still waited for.
+ONE_MACHINE = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
 
 
 def with_address(config: str) -> str:
@@ -54,6 +59,8 @@ def main(argv: list[str] | None = None) -> None:
         # told this is no cluster (its switch for single-machine runs on macOS and Windows),
         # read when ray is imported: so before that.
         os.environ[LOCAL_ONLY] = "0"
+        for name, value in ONE_MACHINE.items():
+            os.environ.setdefault(name, value)
 
     import ray
     from ray.serve._private.constants import SERVE_NAMESPACE

@@ -4,10 +4,11 @@ the request's real peer.
 In HAProxy mode the ingress replicas take HTTP from the HAProxy of some Ray node (any node's:
 each balances over every ingress replica), so a request's peer is a node's address, never
 the client's. Run through chorus-haproxy (`serve_app.haproxy`), HAProxy appends the address
-it saw to Forwarded and X-Forwarded-For; from a node's address the ingress takes that last
-entry as the peer (`http.requests.client_address`), then applies `trusted_proxies` to what
-is left, as it would behind Serve's proxy. A peer that is not a node (someone who reached an
-ingress replica's port directly) is believed about nothing.
+it saw to X-Forwarded-For; from a node's address the ingress takes that last entry as the
+peer (`http.requests.client_address`), then applies `trusted_proxies` to what is left, as it
+would behind Serve's proxy. A peer that is not a node (someone who reached an ingress
+replica's port directly) is believed about nothing. (A process on a Ray node is believed like
+HAProxy: it can run code in the cluster anyway.)
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -19,11 +18,6 @@ from serve_app.config import parse_app_args
 from tests.fakes import FakeEngine
 
 METRICS_PORT = free_port()
-# NOTE: behind HAProxy an ingress replica that stops (each `fake_app` below deletes one) stays
-# open 30 s by default so that load balancers can deregister it; Serve's own HAProxy has
-# done that within a second. 2 s here: the suite ran 18 minutes with 30, and only the cluster
-# suite's rollout test (which keeps the default) is about stopping replicas.
-os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import pytest
 from starlette.datastructures import Headers
 
 from serve_app import haproxy
-from serve_app.config import AppConfig
+from serve_app.config import HAPROXY_BINARY, AppConfig
 from serve_app.http.front_door import FrontDoor
 from serve_app.http.requests import client_address
 from tests.fakes import Clock
@@ -82,6 +82,7 @@ def test_the_command_edits_then_becomes_the_real_haproxy_with_serves_arguments(
     [(binary, argv)] = ran
     assert Path(binary).name == "haproxy" and argv == [binary, *args]
     assert haproxy.MARKER in path.read_text()
+    assert haproxy.BINARY_ENV == HAPROXY_BINARY  # the setting that names this command
 
 
 class Request:
