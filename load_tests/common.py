@@ -11,13 +11,13 @@ from pathlib import Path
 
 import torch
 
-from serve_app.config import HAPROXY_SWITCH, NODE_SETTINGS
+from load_tests.local import RAY_ENV
+from serve_app.config import front_door
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def machine() -> dict:
-    default = NODE_SETTINGS[HAPROXY_SWITCH][0]
     return {
         "cpu": platform.processor() or platform.machine(),
         "cores": torch.get_num_threads(),
@@ -25,7 +25,7 @@ def machine() -> dict:
         "torch": torch.__version__,
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         # Serve's front door of the servers this run starts (README, The front door)
-        "front_door": "haproxy" if os.environ.get(HAPROXY_SWITCH, default) == "1" else "proxy",
+        "front_door": front_door({**RAY_ENV, **os.environ}),
     }
 
 

@@ -187,7 +187,7 @@ def role(cmdline: list[str]) -> str:
     if title.startswith("ray::"):
         name = title.split()[0].removeprefix("ray::")
         return name.rsplit(":", 1)[-1] if name.startswith("ServeReplica") else name
-    if cmdline and cmdline[0].rsplit("/", 1)[-1] in ("haproxy", "chorus-haproxy"):
+    if cmdline and cmdline[0].rsplit("/", 1)[-1] == "haproxy":  # chorus-haproxy execs it
         return "haproxy"  # Serve's front door in HAProxy mode (RAY_SERVE_ENABLE_HA_PROXY=1)
     for known in ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor.py"):
         if known in title:

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import sysconfig
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -434,14 +435,14 @@ HAPROXY_BINARY = "RAY_SERVE_HAPROXY_BINARY_PATH"
 CHORUS_HAPROXY = "chorus-haproxy"  # serve_app/haproxy.py, a console script of this package
 
 
-def front_door() -> FrontDoorKind:
-    """The front door this Ray node runs (read by Serve as Ray starts: the same everywhere)."""
-    return "haproxy" if os.environ.get(HAPROXY_SWITCH) == "1" else "proxy"
+def front_door(environ: Mapping[str, str] = os.environ) -> FrontDoorKind:
+    """The front door a Ray node with `environ` runs (read by Serve as Ray starts)."""
+    return "haproxy" if environ.get(HAPROXY_SWITCH) == "1" else "proxy"
 
 
 def haproxy_adds_peer() -> bool:
     """Whether Serve's HAProxy here is run through chorus-haproxy, which has it append the
-    address it saw to X-Forwarded-For and Forwarded."""
+    address it saw to X-Forwarded-For."""
     return Path(os.environ.get(HAPROXY_BINARY, "")).name == CHORUS_HAPROXY
 
 

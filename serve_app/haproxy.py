@@ -36,7 +36,6 @@ ADDED_TO_DEFAULTS = ("option forwardfor",)
 # frontend's own bind.
 _ANY_BIND = re.compile(r"^(\s*bind\s+)(?:\*|0\.0\.0\.0)?:(\d+)(.*)$")
 _FRONTEND_BIND = re.compile(r"^\s*bind\s+(\S+):\d+")
-_SECTION = re.compile(r"^(\S+)(?:\s+(\S+))?")
 LOOPBACK = ("127.", "localhost", "::1", "[::1]")
 
 
@@ -46,28 +45,33 @@ def edit(text: str) -> str:
         return text
     lines = text.splitlines()
     host = _frontend_host(lines)
+    local = host is not None and host.startswith(LOOPBACK)
     out = [MARKER]
     section = None
     for line in lines:
-        head = _SECTION.match(line)
-        if head and not line[:1].isspace():
-            section = head.group(1)
+        if _starts_section(line):
+            section = line.split()[0]
             out.append(line)
             if section == "defaults":
                 out.extend(f"    {option}" for option in ADDED_TO_DEFAULTS)
             continue
         bind = _ANY_BIND.match(line)
-        if bind and section in ("frontend", "listen") and host and host.startswith(LOOPBACK):
+        if bind and local and section in ("frontend", "listen"):
             line = f"{bind.group(1)}{host}:{bind.group(2)}{bind.group(3)}"
         out.append(line)
     return "\n".join(out) + "\n"
+
+
+def _starts_section(line: str) -> bool:
+    """Whether `line` opens a section (`global`, `defaults`, `frontend NAME`, ...)."""
+    return bool(line[:1]) and not line[:1].isspace()
 
 
 def _frontend_host(lines: list[str]) -> str | None:
     """The address the `http_frontend` section binds (Serve's http_options.host)."""
     inside = False
     for line in lines:
-        if line[:1] and not line[:1].isspace():
+        if _starts_section(line):
             inside = line.split()[:2] == ["frontend", "http_frontend"]
             continue
         match = _FRONTEND_BIND.match(line)

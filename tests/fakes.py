@@ -11,6 +11,7 @@ import weakref
 from types import SimpleNamespace
 
 import numpy as np
+from starlette.datastructures import Headers
 
 from serve_app.config import SynthesizerUserConfig
 from serve_app.errors import REPLICA_LOST
@@ -120,6 +121,16 @@ class FaultyEngine(Engine):
             self._failed_batch = weakref.ref(tensors)
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return self.inner.synthesize(items)
+
+
+class FakeRequest:
+    """What `client_address` reads of a request: its peer, and its headers as header lines
+    (`pairs`, a name may repeat) and keyword arguments (`x_forwarded_for=...`)."""
+
+    def __init__(self, peer: str | None, *pairs: tuple[str, str], **headers: str) -> None:
+        self.client = None if peer is None else SimpleNamespace(host=peer)
+        lines = [*pairs, *((k.replace("_", "-"), v) for k, v in headers.items())]
+        self.headers = Headers(raw=[(k.encode(), v.encode()) for k, v in lines])
 
 
 class Clock:

@@ -48,8 +48,9 @@ class FrontDoor:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if active is None:
-            active = front_door() == "haproxy" and haproxy_adds_peer()
-            if front_door() == "haproxy" and not active:
+            behind_haproxy = front_door() == "haproxy"
+            active = behind_haproxy and haproxy_adds_peer()
+            if behind_haproxy and not active:
                 logger.warning(
                     "HAProxy mode without chorus-haproxy: every request's peer is HAProxy, so "
                     "on an open server all clients share one fair share and one set of "

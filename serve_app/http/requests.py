@@ -123,13 +123,16 @@ def client_address(
     peer = _ip(request.client.host if request.client else None)
     if peer is None:
         return None
-    forwarded, xff = _forwarded_for(request.headers), _x_forwarded_for(request.headers)
-    if front_door is not None and xff and front_door(peer):
-        peer = _ip(xff.pop()) or peer
-    chain = forwarded or xff
+    xff = None  # read only where it counts: most requests need neither header
+    if front_door is not None and front_door(peer):
+        xff = _x_forwarded_for(request.headers)
+        if xff:
+            peer = _ip(xff.pop()) or peer
     hop = peer
     if _trusted(hop, trusted):
-        for entry in reversed(chain):
+        if xff is None:
+            xff = _x_forwarded_for(request.headers)
+        for entry in reversed(_forwarded_for(request.headers) or xff):
             address = _ip(entry)
             if address is None:
                 break  # not an address ("unknown", obfuscated): the last proxy is the client

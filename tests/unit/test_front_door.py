@@ -9,13 +9,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from starlette.datastructures import Headers
 
 from serve_app import haproxy
 from serve_app.config import HAPROXY_BINARY, AppConfig
 from serve_app.http.front_door import FrontDoor
 from serve_app.http.requests import client_address
-from tests.fakes import Clock
+from tests.fakes import Clock, FakeRequest
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -85,19 +84,13 @@ def test_the_command_edits_then_becomes_the_real_haproxy_with_serves_arguments(
     assert haproxy.BINARY_ENV == HAPROXY_BINARY  # the setting that names this command
 
 
-class Request:
-    def __init__(self, peer: str, headers: list[tuple[str, str]]) -> None:
-        self.client = type("Peer", (), {"host": peer})()
-        self.headers = Headers(raw=[(k.encode(), v.encode()) for k, v in headers])
-
-
 def address(
     peer: str, *headers: tuple[str, str], trusted: tuple[str, ...] = (), door: bool = True
 ) -> str | None:
     networks = AppConfig.model_validate({"trusted_proxies": list(trusted)}).proxy_networks
     front = FrontDoor(active=door)
     front.know(["10.1.0.5"])
-    return client_address(Request(peer, list(headers)), networks, front.forwards)
+    return client_address(FakeRequest(peer, *headers), networks, front.forwards)
 
 
 def test_behind_serves_haproxy_the_client_is_the_address_haproxy_saw() -> None:

@@ -7,7 +7,6 @@ import asyncio
 import random
 
 import pytest
-from starlette.datastructures import Headers
 
 from serve_app.config import AppConfig
 from serve_app.deadline import Deadline
@@ -17,18 +16,12 @@ from serve_app.model.readiness import Readiness
 from serve_app.queue.door import Door
 from serve_app.queue.keys import MAX_CLIENTS, KeyStore
 from serve_app.queue.shared import STALE_AFTER, Board, SharedLimits, Usage
-from tests.fakes import Clock, FlakyBoard, Replica, make_backlog
+from tests.fakes import Clock, FakeRequest, FlakyBoard, Replica, make_backlog
 
 pytestmark = pytest.mark.timeout(30)
 
 KEY = "k" * 32
 LIMITED = {"open_limits": {"requests_per_s": 4, "requests_burst": 4, "max_concurrent": 3}}
-
-
-class FakeRequest:
-    def __init__(self, peer: str | None, **headers: str) -> None:
-        self.client = None if peer is None else type("Peer", (), {"host": peer})()
-        self.headers = Headers({k.replace("_", "-"): v for k, v in headers.items()})
 
 
 def bearer(key: str) -> dict[str, str]:
