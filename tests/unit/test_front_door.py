@@ -44,12 +44,14 @@ def test_the_edit_adds_the_client_address_and_keeps_a_local_server_local(
     after = path.read_text()
     defaults = after.split("\ndefaults\n", 1)[1].split("\nfrontend", 1)[0]
     assert "    option forwardfor" in defaults.splitlines()
+    assert "option splice" not in defaults.replace("# dropped by chorus-haproxy: option splice", "")
     assert binds(after) == ["127.0.0.1:9101", "127.0.0.1:18000", "127.0.0.1:8404"]
     haproxy.edit_file(str(path))
     assert path.read_text() == after  # once only: Serve starts haproxy again on each reload
     # Nothing else changed.
     removed = set(before.splitlines()) - set(after.splitlines())
-    assert removed == {"    bind :9101", "  bind *:8404"}
+    splicing = {"    option splice-request", "    option splice-response"}
+    assert removed == {"    bind :9101", "  bind *:8404", *splicing}
 
 
 def test_a_server_on_every_interface_keeps_serves_side_listeners(tmp_path: Path) -> None:
