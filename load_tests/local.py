@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import time
 from collections.abc import Iterator
@@ -23,10 +24,39 @@ SERVE_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "serve_config
 RAY_ENV = {name: value for name, (value, _) in NODE_SETTINGS.items()}
 
 
+# Ray's workers listen on 10002-19999 (its min/max_worker_port defaults).
+_LISTENERS_FROM = 20000
+_handed_out: set[int] = set()
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free TCP port on 127.0.0.1 that stays free until a server binds it.
+
+    Not one the kernel picks (`bind(0)`): those come from its ephemeral range, where every
+    outgoing connection takes its local port, and starting Ray opens hundreds of them
+    between this call and the bind (CI once saw HAProxy's frontend refused its port:
+    "Address already in use"). Ports below that range and above Ray's worker ports are
+    only ever taken by a listener that asks for one."""
+    ports = list(range(_LISTENERS_FROM, _ephemeral_start()))
+    random.shuffle(ports)
+    for port in ports:
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {_LISTENERS_FROM}-{_ephemeral_start() - 1}")
 
 
 def deploy_args(path: Path = SERVE_CONFIG) -> dict[str, Any]:

@@ -95,3 +95,28 @@ def test_the_global_lock_peer_answers_with_the_voice() -> None:
     assert r.status_code == 200
     # two sentences of speech and the pause between them
     assert 1.0 < wav_seconds(r.content) < 4.0
+
+
+def test_a_listener_hears_a_stall_only_when_audio_comes_after_it_was_needed() -> None:
+    from load_tests.bench_playback import BYTES_PER_S, Stream
+
+    s = Stream(start=10.0)
+    s.heard(10.5, 2 * BYTES_PER_S)  # first audio at 0.5 s: 2 s of it, playing until 12.5
+    s.heard(12.0, 1 * BYTES_PER_S)  # in time: plays until 13.5
+    assert (s.first_s, s.stall_s) == (0.5, 0.0)
+    s.heard(14.0, 1 * BYTES_PER_S)  # 0.5 s late: playback waited, then plays until 15.0
+    s.heard(15.25, BYTES_PER_S // 2)  # 0.25 s late again
+    assert s.stall_s == pytest.approx(0.75)
+    assert s.audio_s == pytest.approx(4.5)
+
+
+def test_a_free_port_is_one_no_outgoing_connection_can_take_first() -> None:
+    from load_tests.local import _ephemeral_start, free_port
+
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == 50  # never the same one twice, bound or not
+    assert all(20000 <= port < _ephemeral_start() for port in ports)
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports[0]))  # and free indeed
