@@ -22,14 +22,16 @@ test: $(STAMP) browser promtool  ## lint, then every test (the cluster tests sta
 	$(OTHER_FRONT_DOOR) $(BIN)/python -m pytest -m front_door tests/integration
 	$(OTHER_FRONT_DOOR) $(BIN)/python -m pytest -m front_door tests/cluster
 
-bench: $(STAMP)  ## the comparison with peers, then engine, encoders, serving layer, server, streaming, admission, scale-out
+bench: $(STAMP)  ## the comparison with peers, then engine, encoders, serving layer, server, streaming, playback stalls, admission, a burst at cold start, scale-out
 	$(BIN)/python -m load_tests.compare
 	$(BIN)/python -m load_tests.bench_engine
 	$(BIN)/python -m load_tests.bench_encoders
 	$(BIN)/python -m load_tests.bench_serving
 	$(BIN)/python -m load_tests.bench_server
 	$(BIN)/python -m load_tests.bench_streaming
+	$(BIN)/python -m load_tests.bench_playback
 	$(BIN)/python -m load_tests.bench_admission
+	$(BIN)/python -m load_tests.bench_burst
 	$(BIN)/python -m load_tests.bench_scale_out
 
 IMAGE ?= chorus:0.1.0

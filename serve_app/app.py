@@ -51,7 +51,11 @@ def bind_app(
     synthesizer = serve.deployment(Synthesizer, **SYNTHESIZER_OPTIONS)
     ingress = serve.deployment(Ingress, **INGRESS_OPTIONS)
     model = synthesizer.options(**(synthesizer_options or {})).bind(
-        voices, engine_cls=engine_cls, engine_kwargs=engine_kwargs, cpu_threads=config.cpu_threads
+        voices,
+        engine_cls=engine_cls,
+        engine_kwargs=engine_kwargs,
+        cpu_threads=config.cpu_threads,
+        cpu_nice=config.cpu_engine_nice,
     )
     ingress = ingress.options(**(ingress_options or {}))
     return ingress.bind(model, config.model_dump(mode="json"))

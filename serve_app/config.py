@@ -268,7 +268,9 @@ class AppConfig(_Strict):
         le=4096,
         description="Sentence items this ingress replica keeps at each model replica that "
         "answered it in the last 30 s; the rest wait here, in lane and fair-share order. "
-        "About 2 x max_batch_size. Keep it x ingress replicas within the Synthesizer's "
+        "About 2 x max_batch_size (2 on CPU: an item waiting at a replica is one the "
+        "ingress can no longer put behind a more urgent one). Keep it x ingress replicas "
+        "within the Synthesizer's "
         "max_ongoing_requests: calls past that are rejected and retried by Serve's router "
         "with back-off, and the items waiting stall together (a first-audio tail of seconds).",
     )
@@ -309,12 +311,31 @@ class AppConfig(_Strict):
         0.1, ge=0, le=2.0, description="Silence inserted between sentences."
     )
     readiness_timeout_s: float = Field(5.0, gt=0, description="How long /readyz waits.")
+    model_load_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Seconds a model replica is expected to take from its start to taking "
+        "work, until one has measured its own (every replica's speed profile carries its "
+        "load time): the Retry-After of a request refused with 503 `model_loading` while no "
+        "model replica is running.",
+    )
     cpu_threads: int | None = Field(
         None,
         ge=1,
         le=256,
         description="Torch threads of a CPU synthesizer replica. Default: all cores of the "
         "node; with several replicas per node, give each its share.",
+    )
+    cpu_engine_nice: int = Field(
+        19,
+        ge=0,
+        le=19,
+        description="OS scheduling niceness of a CPU synthesizer replica's engine threads "
+        "(19: lowest priority). On shared cores the ingress and the front door then win the "
+        "CPU from a busy engine, so refusals, readiness and streaming stay fast under a "
+        "burst; the engine still gets every idle cycle. 0 leaves them alone; GPU replicas "
+        "ignore it.",
     )
 
     @model_validator(mode="after")
@@ -387,7 +408,8 @@ class SynthesizerUserConfig(_Strict):
         None,
         ge=1,
         le=256,
-        description="Sentence items per batch. Default: 4 on CPU, 16 on GPU (see README).",
+        description="Sentence items per batch. Default: 1 on CPU (items run one by one there, "
+        "and a batch would hold back its first items' audio), 64 on GPU (see README).",
     )
     batch_wait_timeout_s: float = Field(
         0.005, ge=0, le=1.0, description="How long a batch waits to fill before it runs."

@@ -15,6 +15,7 @@ from ray.serve.metrics import Counter, Gauge, Histogram
 
 # Seconds, from a fast first sentence to a long queue or a long text.
 LATENCY_S = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300]
+STALL_S = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30]
 BATCH_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10]
 BATCH_SIZE = [1, 2, 4, 8, 16, 32, 64]
 RATIO = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
@@ -81,6 +82,14 @@ class IngressMetrics:
             "chorus_time_to_first_audio_seconds",
             description="Speech requests: arrival to their first sentence's audio.",
             boundaries=LATENCY_S,
+            tag_keys=("voice", "stream", "lane"),
+        )
+        self.stream_stall = Histogram(
+            "chorus_stream_stall_seconds",
+            description="Streams that got their audio: playback time a listener playing from "
+            "the first audio in real time would have waited for audio that came late, in all "
+            "(0: none).",
+            boundaries=STALL_S,
             tag_keys=("voice", "stream", "lane"),
         )
         self.audio_seconds = Counter(

@@ -11,6 +11,8 @@ from serve_app.config import Lane
 from serve_app.speech.audio import SUPPORTED
 
 Speed = Annotated[float, Field(ge=0.25, le=4.0)]
+# A speakable text has a letter or a number in any script (what `speech.text` checks).
+SPEAKABLE = r"[\p{L}\p{N}]"
 
 
 def _integral(value: object) -> object:
@@ -43,9 +45,9 @@ class SpeechRequest(BaseModel):
     input: str = Field(
         min_length=1,
         description="Text to speak, up to the server's max_input_chars (4096); it must have "
-        "a letter or digit (text with only punctuation, symbols or emoji is a 400).",
-        # NOTE: documented narrower than enforced (any Unicode letter or digit is spoken).
-        json_schema_extra={"pattern": "[A-Za-z0-9]"},
+        "a letter or a number, in any script (text with only punctuation, symbols or emoji is "
+        "a 400).",
+        json_schema_extra={"pattern": SPEAKABLE},
     )
     voice: str = Field(
         min_length=1,

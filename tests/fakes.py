@@ -29,7 +29,7 @@ class FakeEngine(Engine):
     (`probe_delay_s` for the replica's speed probe: a model slower than it measured itself;
     half of it with a half-precision `decoder_dtype` in the user_config, as a GPU decoder is
     faster in half precision); fails on any item containing the `poison` phoneme id, which
-    fails its whole batch."""
+    fails its whole batch. Loading takes `load_s`, as a real voice's does."""
 
     def __init__(
         self,
@@ -37,8 +37,10 @@ class FakeEngine(Engine):
         delay_s: float = 0.0,
         probe_delay_s: float | None = None,
         poison: int | None = POISON,
+        load_s: float = 0.0,
     ) -> None:
         self._voices = [v.id for v in voices]
+        self.load_s = load_s
         self.poison = poison
         self.delay_s = delay_s
         self.probe_delay_s = delay_s if probe_delay_s is None else probe_delay_s
@@ -48,7 +50,7 @@ class FakeEngine(Engine):
         self.speedup = 1.0 if settings.decoder_dtype == "float32" else 2.0
 
     def load(self, device: str) -> None:
-        pass
+        time.sleep(self.load_s)
 
     @property
     def voices(self) -> list[str]:

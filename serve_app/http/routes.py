@@ -124,11 +124,18 @@ class Ingress:
             )
         self.shared = self._shared_limits() if config.shared_limits else None
         self.door = Door(config, self.backlog, self.shared)
-        self.speech = SpeechService(config, self.catalogue, self.door, self.replicas, self.metrics)
-        self.metrics.model_replicas.set(1)
+        synthesizer.options()  # NOTE: starts its router now, and with it Serve's news of replicas
         self.readiness = Readiness(
-            synthesizer.app_name, synthesizer.deployment_name, config.readiness_timeout_s
+            synthesizer.app_name,
+            synthesizer.deployment_name,
+            config.readiness_timeout_s,
+            routed=synthesizer.running_replicas_populated,
         )
+        self.readiness.watch()  # NOTE: on the replica's event loop, as the tasks above
+        self.speech = SpeechService(
+            config, self.catalogue, self.door, self.replicas, self.readiness, self.metrics
+        )
+        self.metrics.model_replicas.set(1)
         app.state.metrics = self.metrics
         app.state.keys = self.keys
         app.state.front_door = self.front_door

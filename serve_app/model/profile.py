@@ -36,6 +36,7 @@ class SpeedProfile:
     max_batch: int
     fixed_s: float
     per_item_s: float
+    load_s: float | None = None  # how long the replica took to start, up to this profile
 
     def phonemes_per_s(self, batch: float) -> float:
         """Throughput in batches of `batch` items (at most `max_batch`)."""

@@ -5,11 +5,19 @@ A model replica is ready when Serve's controller has it RUNNING: it is RUNNING o
 check (`Synthesizer.check_health`: no voices, or a batch stalled past `stall_timeout_s`).
 A busy replica stays RUNNING, so a readiness probe answers in a few milliseconds under any
 load. (Asking the replica itself queues the probe behind its batches.)
+
+The controller's answer is a second old at most while none runs, and the ingress's handle
+hears of a replica that starts running before that: Serve pushes each handle its deployment's
+running replicas (its own proxies wait for the same news). An answer of none running that was
+asked before the handle heard of one is stale, and asked again at once: a request arriving
+just after a replica started is admitted, not told to come back when the replica is due.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +26,11 @@ from ray import serve
 
 from serve_app.errors import Overloaded
 
+logger = logging.getLogger("ray.serve.chorus.readiness")
+
 FRESH_S = 1.0  # how long one answer of the controller is reused
+LATE_S = 2.0  # a replica later than expected is expected again this much later
+NEWS_POLL_S = 0.05  # how often the watch looks for the handle's news while none runs
 
 
 def running_replicas(app: str, deployment: str) -> dict[str, int]:
@@ -37,11 +49,19 @@ class Readiness:
         timeout_s: float,
         states: Callable[[str, str], dict[str, int]] = running_replicas,
         clock: Callable[[], float] = time.monotonic,
+        routed: Callable[[], bool] = lambda: False,
     ) -> None:
+        """`routed`: whether the ingress's handle has been told of a running replica (once
+        it has, it stays so)."""
         self.app, self.deployment, self.timeout_s = app, deployment, timeout_s
-        self._states, self._clock = states, clock
+        self._states, self._clock, self._routed = states, clock, routed
+        self._routed_at: float | None = None  # when `routed` was first seen true
         self._last: tuple[float, dict[str, int]] | None = None
         self._asking: asyncio.Task[dict[str, int]] | None = None
+        self._watch: asyncio.Future[None] | None = None
+        # NOTE: an ingress starts with its app, so a model replica found not running then
+        # is taken to have started when this one did.
+        self._down_since: float | None = clock()
 
     async def check(self) -> dict[str, Any]:
         """The model replicas by state; raises 503 `not_ready` when none is running."""
@@ -63,15 +83,74 @@ class Readiness:
             )
         return {"status": "ready", "model_replicas": running, "replica_states": states}
 
+    async def running(self) -> int | None:
+        """Model replicas running, by the controller's latest answer, without waiting for a
+        new one (only for the first); None when the controller cannot say.
+
+        NOTE: a controller answer can take most of a second while Serve is busy deploying,
+        and a burst must not wait on it: the answer is kept fresh in the background, every
+        `FRESH_S` while no replica runs, and asked again on each call once older than that."""
+        self.watch()
+        if self._last is None:  # the first answer (the watch's own question, shared)
+            with contextlib.suppress(Exception):  # unknown: the caller goes on without it
+                await self._replica_states()
+        if self._last is None:
+            return None
+        return 1 if self._stale() else self._last[1].get("RUNNING", 0)
+
+    def watch(self) -> None:
+        """Ask the controller in the background (unless already asking): now, and again
+        every `FRESH_S` while no replica runs."""
+        if self._watch is None or self._watch.done():
+            self._watch = asyncio.ensure_future(self._watching())
+
+    async def _watching(self) -> None:
+        while True:
+            try:
+                if (await self._replica_states()).get("RUNNING", 0):
+                    return
+            except Exception as exc:  # noqa: BLE001 - asked again below
+                logger.warning("Model replicas' state unknown: %r", exc)
+                if self._last is None:
+                    raise
+            for _ in range(round(FRESH_S / NEWS_POLL_S)):  # or sooner, on the handle's news
+                if self._stale():
+                    break
+                await asyncio.sleep(NEWS_POLL_S)
+
+    def _stale(self) -> bool:
+        """The last answer had none running, and the handle has heard of one since."""
+        if self._last is None or self._last[1].get("RUNNING", 0):
+            return False
+        if self._routed_at is None and self._routed():
+            self._routed_at = self._clock()
+        return self._routed_at is not None and self._last[0] < self._routed_at
+
+    def loading_s(self, load_s: float) -> float | None:
+        """Seconds until a model replica should take work, when the controller's last answer
+        had none running; `load_s` is how long one takes to start. None when one runs (or
+        nothing is known)."""
+        if self._last is None or self._last[1].get("RUNNING", 0) or self._down_since is None:
+            return None
+        if self._stale():
+            return None
+        return max(LATE_S, load_s - (self._clock() - self._down_since))
+
     async def _replica_states(self) -> dict[str, int]:
         now = self._clock()
-        if self._last is not None and now - self._last[0] < FRESH_S:
+        if self._last is not None and now - self._last[0] < FRESH_S and not self._stale():
             return self._last[1]
         if self._asking is None or self._asking.done():
             # NOTE: one question at a time, shared by every probe that comes meanwhile.
-            self._asking = asyncio.ensure_future(
-                asyncio.to_thread(self._states, self.app, self.deployment)
-            )
-        states = await asyncio.wait_for(asyncio.shield(self._asking), self.timeout_s)
-        self._last = (self._clock(), states)
+            self._asking = asyncio.ensure_future(self._ask())
+        return await asyncio.wait_for(asyncio.shield(self._asking), self.timeout_s)
+
+    async def _ask(self) -> dict[str, int]:
+        now = self._clock()  # NOTE: when asked: the answer is no newer than that
+        states = await asyncio.to_thread(self._states, self.app, self.deployment)
+        self._last = (now, states)
+        if states.get("RUNNING", 0):
+            self._down_since = None
+        elif self._down_since is None:
+            self._down_since = now
         return states

@@ -5,8 +5,10 @@ options are set by `serve_app.app` from config."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -24,11 +26,27 @@ from serve_app.model.profile import SpeedProfile, measure
 
 logger = logging.getLogger("ray.serve.chorus.synthesizer")
 
-DEFAULT_BATCH = {"cpu": 4, "cuda": 64}
+# NOTE: a CPU replica runs a batch's items one by one and returns them together: a batch
+# there only holds back its first items' audio (load_tests.bench_playback).
+DEFAULT_BATCH = {"cpu": 1, "cuda": 64}
+# NOTE: a replica's load time counts from here: its process loads this module just before it
+# builds the replica (Ray's worker may have started long before).
+LOADING_SINCE = time.monotonic()
 
 
-def use_threads(threads: int | None) -> None:
-    """Let torch use `threads` CPU threads in the calling thread (None: leave as is)."""
+def engine_thread(threads: int | None, nice: int = 0) -> None:
+    """Set up the engine's worker thread: torch uses `threads` CPU threads (None: leave as
+    is), and the thread runs at niceness `nice`.
+
+    NOTE: niceness is per thread on Linux, and a thread inherits its creator's: set here,
+    before torch starts its OpenMP team from this thread, it holds for every thread the
+    engine computes on, and for nothing else in the replica (its event loop, health checks
+    and answers keep their priority)."""
+    if nice:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except (AttributeError, OSError) as exc:  # not Linux, or not allowed: run as is
+            logger.warning("Engine threads keep their priority (niceness %d: %r)", nice, exc)
     if threads:
         import torch
 
@@ -57,12 +75,14 @@ class Synthesizer:
         engine_cls: type[Engine] | None = None,
         engine_kwargs: dict[str, Any] | None = None,
         cpu_threads: int | None = None,
+        cpu_nice: int = 0,
     ) -> None:
         configure_logging()
         self.device = pick_device()
         # NOTE: a test cluster's fake GPUs give a "cuda" device without CUDA.
         self._cuda = self.device == "cuda" and cuda_usable()
-        threads = (cpu_threads or os.cpu_count() or 1) if self.device == "cpu" else None
+        cpu = self.device == "cpu"
+        threads = (cpu_threads or os.cpu_count() or 1) if cpu else None
         # NOTE: one worker thread runs everything torch does here, loading included: the event
         # loop stays free to take items, cancellations and health checks while a batch runs,
         # and batches never overlap. A second thread running torch would start a second
@@ -70,7 +90,10 @@ class Synthesizer:
         # the decoder's many small parallel regions (measured on 2 cores: 1.5 cores used and
         # 10.7 audio-s/s, against 2.0 and 14.9 with one thread).
         self._executor = ThreadPoolExecutor(
-            1, thread_name_prefix="chorus-engine", initializer=use_threads, initargs=(threads,)
+            1,
+            thread_name_prefix="chorus-engine",
+            initializer=engine_thread,
+            initargs=(threads, cpu_nice if cpu else 0),
         )
         if engine_cls is None:
             from serve_app.model.engines.piper import PiperEngine
@@ -90,6 +113,7 @@ class Synthesizer:
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.metrics = SynthesizerMetrics(self.device)
         self.speed: SpeedProfile | None = None  # measured by reconfigure()
+        self.load_s: float | None = None  # from LOADING_SINCE to the first speed measured
         self._apply_batching(SynthesizerUserConfig())  # until reconfigure() runs
         logger.info("Synthesizer ready on %s with voices %s", self.device, self.engine.voices)
 
@@ -114,16 +138,20 @@ class Synthesizer:
         loop = asyncio.get_running_loop()
         probe = loop.run_in_executor(self._executor, self._probe, self.max_batch_size)
         try:
-            self.speed = await asyncio.wait_for(probe, self.settings.stall_timeout_s)
+            speed = await asyncio.wait_for(probe, self.settings.stall_timeout_s)
         except Exception as exc:
             self.speed = None
             logger.warning("Speed not measured (%r); the ingress measures drain instead", exc)
             return
+        if self.load_s is None:
+            self.load_s = time.monotonic() - LOADING_SINCE
+        self.speed = dataclasses.replace(speed, load_s=round(self.load_s, 2))
         logger.info(
-            "Speed: %.0f phonemes/s alone, %.0f at batch %d",
-            self.speed.phonemes_per_s(1),
-            self.speed.phonemes_per_s(self.speed.max_batch),
-            self.speed.max_batch,
+            "Speed: %.0f phonemes/s alone, %.0f at batch %d; loaded in %.1f s",
+            speed.phonemes_per_s(1),
+            speed.phonemes_per_s(speed.max_batch),
+            speed.max_batch,
+            self.load_s,
         )
 
     def _probe(self, max_batch: int) -> SpeedProfile:

@@ -2,16 +2,26 @@
 where each request stands (counted in phoneme ids; `meter` turns them into seconds).
 
 Items wait here, not in the model replicas' queues: at most `capacity` items are in flight
-to the replicas (enough to fill their batches), and the rest are handed out by the fair
+to the replicas (enough to keep them busy), and the rest are handed out by the fair
 scheduler (`scheduler.Fair`), so priority lanes and per-key shares decide who goes next. An
 item its request gave up on while waiting here never reaches a replica.
 
-Within a key, each item is due at its request's arrival, and items after a request's first
-sentence `FOLLOW_ON_S` later: a new request's first sentence (its time to first audio) goes
-before the rest of requests that came less than that earlier, and otherwise requests go in
-arrival order. Sharing the model equally between a key's requests instead made a long
-request's time grow with the number of requests beside it (measured with 16 clients on
-2 cores: p99 28 s against 3.5 s at the median, and 10-sentence requests timing out).
+Within a key, items go by due time (earliest first):
+- a stream's first sentence is due at its request's arrival (its time to first audio);
+- a stream's later sentences are due when its listener will need them, less
+  `PLAYBACK_MARGIN_S`: when the audio heard so far, and the sentences before it not yet
+  heard (estimated from their phoneme ids until their audio comes), will have played out
+  (`playback.Playback`); before the first audio, the second sentence `FOLLOW_ON_S` after
+  arrival and each later one its predecessors' audio after that;
+- every sentence of a whole-file answer is due `FOLLOW_ON_S` after its request's arrival:
+  a key's whole files finish in arrival order, behind streams' first sentences that came
+  less than that after them.
+A sentence about to be needed then goes ahead of audio nobody needs yet. Earlier rules,
+measured: sharing the model equally between a key's requests made a long request's time grow
+with the requests beside it (16 clients on 2 cores: p99 28 s, 10-sentence requests timing
+out); whole files' first sentences with streams' head start made a burst of them finish late
+together (`load_tests.bench_burst`); a stream's later sentences all due 2 s after its arrival
+let 29-35% of 8 streams stall on 2 cores (`load_tests.bench_playback`).
 """
 
 from __future__ import annotations
@@ -28,9 +38,11 @@ from typing import Any
 from serve_app.model.engines.base import SynthesisItem, Synthesized
 from serve_app.queue.boosts import Service
 from serve_app.queue.meter import Meter
+from serve_app.queue.playback import SPEECH_S_PER_PHONEME, Playback
 from serve_app.queue.scheduler import Fair, Step
 
-FOLLOW_ON_S = 2.0  # a request's later sentences are due this long after its first
+FOLLOW_ON_S = 2.0  # a whole-file answer's sentences are due this long after its arrival
+PLAYBACK_MARGIN_S = 1.0  # a stream's sentence is due this long before its listener needs it
 
 Send = Callable[[SynthesisItem], Awaitable[Any]]  # an item to a model replica, its answer back
 
@@ -72,10 +84,17 @@ class Backlog:
         self._accounting = False  # from the first take_service() on (the board asks for it)
 
     def request(
-        self, lane: str, client: str = "anonymous", weight: float = 1.0, chars: int = 0
+        self,
+        lane: str,
+        client: str = "anonymous",
+        weight: float = 1.0,
+        chars: int = 0,
+        streamed: bool = True,
     ) -> RequestWork:
-        """Register an admitted request; it counts until `RequestWork.close()`."""
-        work = RequestWork(self, lane, client, weight, self.meter.phonemes(chars), chars)
+        """Register an admitted request (`streamed`: its first audio is sent as soon as it is
+        ready); it counts until `RequestWork.close()`."""
+        estimate = self.meter.phonemes(chars)
+        work = RequestWork(self, lane, client, weight, estimate, chars, streamed)
         self.active.add(work)
         if self._accounting:
             self._weights[client] = weight
@@ -113,7 +132,8 @@ class Backlog:
         if lane_node is None:
             return []
         before = work.first if work else None
-        mark = (work.arrival if work else self.meter.clock(), before if before is not None else inf)
+        due = work.due(0) if work else self.meter.clock()
+        mark = (due, before if before is not None else inf)
         mine = lane_node.children.get(work.client) if work else None
         ahead: list[Tracked] = []
         if mine:  # its own key's items that are due before its first
@@ -233,10 +253,18 @@ class RequestWork:
     Calling it with an item queues that item (a `Tracked`, awaited for its answer)."""
 
     def __init__(
-        self, backlog: Backlog, lane: str, client: str, weight: float, estimate: int, chars: int
+        self,
+        backlog: Backlog,
+        lane: str,
+        client: str,
+        weight: float,
+        estimate: int,
+        chars: int,
+        streamed: bool = True,
     ):
         self.backlog = backlog
         self.lane, self.client, self.chars = lane, client, chars
+        self.streamed = streamed  # its sentences are due by playback (module docstring)
         self.estimate = estimate  # phonemes, all sentences
         self.weight = weight
         self.names = (lane, client, id(self))
@@ -245,6 +273,9 @@ class RequestWork:
         self.outstanding = 0  # phonemes sent and not back
         self.done = 0  # phonemes synthesized
         self.closed = False
+        self.playback = Playback()  # its listener's, for a stream
+        self._planned: list[float] = []  # each queued item's audio seconds, estimated
+        self._heard = 0  # items whose audio has gone to the client
 
     @property
     def path(self) -> tuple[Step, ...]:
@@ -258,6 +289,27 @@ class RequestWork:
         if self.first is None:
             self.first = tracked.ticket
         return tracked
+
+    def plan(self, item: SynthesisItem) -> int:
+        """Its next item's index; the item's audio length is estimated until it is heard."""
+        self._planned.append(len(item.phoneme_ids) * SPEECH_S_PER_PHONEME * item.length_scale)
+        return len(self._planned) - 1
+
+    def heard(self, seconds: float) -> None:
+        """Its next sentence's audio (`seconds` long) went to the client."""
+        self.playback.heard(seconds, self.backlog.meter.clock())
+        self._heard += 1
+
+    def due(self, index: int) -> float:
+        """When its item `index` is due (module docstring)."""
+        if not self.streamed:
+            return self.arrival + FOLLOW_ON_S
+        if index == 0:
+            return self.arrival
+        needed = self.playback.needed_at(sum(self._planned[self._heard : index]))
+        if needed is None:  # no audio yet: the second FOLLOW_ON_S after arrival, and so on
+            return self.arrival + FOLLOW_ON_S + sum(self._planned[1:index])
+        return needed - PLAYBACK_MARGIN_S
 
     def ahead(self) -> QueueState:
         """The work that goes before this request's first item (all of it, before that
@@ -286,7 +338,7 @@ class Tracked(Awaitable[Any]):
         self.work = work
         self.phonemes = len(item.phoneme_ids)
         self.dispatched = False
-        self.due = work.arrival + (0.0 if work.first is None else FOLLOW_ON_S)
+        self.index = work.plan(item)  # its place in its request
         backlog = work.backlog
         self._turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.ticket = backlog._add(self)  # submission order
@@ -296,6 +348,11 @@ class Tracked(Awaitable[Any]):
         backlog._dispatch()
         if not self.dispatched and backlog._accounting:  # it waits for a turn
             backlog._waited.add(work.client)
+
+    @property
+    def due(self) -> float:
+        """When it is due; a stream's later sentences move as its audio is heard."""
+        return self.work.due(self.index)
 
     def order(self) -> tuple[float, int]:
         """Its place among its key's items: due time, then submission."""

@@ -95,6 +95,11 @@ class Meter:
     def profiled(self) -> bool:
         return bool(self._profiles)
 
+    def load_s(self) -> float | None:
+        """How long a model replica took to start, as the slowest known one measured it."""
+        loads = [p.load_s for p, _ in self._profiles.values() if p.load_s is not None]
+        return max(loads, default=None)
+
     def profile_age_s(self) -> float:
         """Seconds since a replica last confirmed its profile (inf: never)."""
         if not self._profiles:

@@ -27,6 +27,7 @@ from typing import Any
 from serve_app.config import AppConfig
 from serve_app.errors import ChorusError, classify
 from serve_app.metrics import IngressMetrics
+from serve_app.model.readiness import Readiness
 from serve_app.model.replicas import ModelReplicas
 from serve_app.protocol import SentenceTiming, SpeechWithTimings
 from serve_app.queue.door import Door
@@ -56,29 +57,43 @@ class SpeechService:
         catalogue: Catalogue,
         door: Door,
         replicas: ModelReplicas,
+        readiness: Readiness,
         metrics: IngressMetrics,
     ) -> None:
         self.config = config
         self.catalogue = catalogue
         self.door = door
         self.replicas = replicas
+        self.readiness = readiness
         self.metrics = metrics
 
     async def respond(self, call: SpeechCall, client: Client) -> Answer:
         """The answer to one speech request, or a raised `ChorusError`."""
         lane = self.door.lane(client, call.asked_lane)
         ctx = plan(call, client.name, lane, self.catalogue, self.config)
-        if not self.door.backlog.requests or self.door.meter.profile_age_s() > PROFILE_FRESH_S:
-            # NOTE: when idle or quiet, the replicas may have new settings (or be new) that no
-            # answer has shown yet: ask their speed before admitting anyone (one call, shared
-            # by the requests of a burst).
-            await self.replicas.profiled()
-        ctx.work = self.door.admit(client, ctx.lane, len(ctx.request.input), ctx.deadline)
+        chars, streamed = len(ctx.request.input), ctx.stream != "file"
+        loading_s = await self.loading_s()
+        ctx.work = self.door.admit(client, ctx.lane, chars, ctx.deadline, streamed, loading_s)
         events = self.speak(ctx)
         # NOTE: a stream whose body never starts (client gone first) never runs `speak`'s
         # finally; dropping the generator then releases the request's admission.
         weakref.finalize(events, ctx.work.close)
         return await self.answer(ctx, events)
+
+    async def loading_s(self) -> float | None:
+        """Seconds until a model replica should take work, while none can; None when one can.
+
+        NOTE: when idle or quiet, the replicas may be new, still loading, or have new settings
+        that no answer has shown yet. Serve's controller says whether one runs, and a running
+        one is asked its speed, before anyone is admitted (one call each, shared by the
+        requests of a burst). A replica still loading is not asked: the call would wait for
+        it, and hold the burst."""
+        meter = self.door.meter
+        if self.door.backlog.requests and meter.profile_age_s() <= PROFILE_FRESH_S:
+            return None
+        if await self.readiness.running() != 0:  # running, or the controller cannot say
+            await self.replicas.profiled()
+        return self.readiness.loading_s(meter.load_s() or self.config.model_load_s)
 
     async def speak(self, ctx: RequestContext) -> AsyncIterator[Spoken | None]:
         """The request's sentences as they are ready (None: a heartbeat is due). Closing this
@@ -101,8 +116,12 @@ class SpeechService:
         try:
             async with contextlib.aclosing(paced(parts, tick, ctx.deadline)) as events:
                 async for part in events:
-                    if part is not None and tally.add(part):
-                        self.metrics.first_audio.observe(ctx.deadline.elapsed_s(), tags=ctx.tags())
+                    if part is not None:
+                        ctx.work.heard(part.audio.size / ctx.voice.sample_rate)
+                        if tally.add(part):
+                            self.metrics.first_audio.observe(
+                                ctx.deadline.elapsed_s(), tags=ctx.tags()
+                            )
                     yield part
             tally.outcome = "ok"
         except Exception as exc:
@@ -189,9 +208,13 @@ class SpeechService:
     def _account(self, ctx: RequestContext, tally: _Tally) -> None:
         total_s = ctx.deadline.elapsed_s()
         chars = len(ctx.request.input)
+        work = ctx.work
+        stall_s = work.playback.stall_s if work is not None and ctx.stream != "file" else None
         if tally.outcome == "ok":
             voice = {"voice": ctx.voice.id}
             self.metrics.latency.observe(total_s, tags=ctx.tags())
+            if stall_s is not None:
+                self.metrics.stream_stall.observe(stall_s, tags=ctx.tags())
             self.metrics.audio_seconds.inc(tally.audio_s, tags=voice)
             self.metrics.characters.inc(chars, tags=voice)
         logger.info(
@@ -206,6 +229,7 @@ class SpeechService:
                 "audio_seconds": round(tally.audio_s, 3),
                 "queue_ms": None if tally.queue_s is None else round(tally.queue_s * 1000),
                 "model_ms": round(tally.model_s * 1000),
+                "stall_ms": None if stall_s is None else round(stall_s * 1000),
                 "total_ms": round(total_s * 1000),
                 "outcome": tally.outcome,
             },

@@ -105,8 +105,10 @@ def normalize(text: str) -> str:
     return "\n".join(line for line in lines if line)
 
 
+# NOTE: the API document says the same (`protocol.SPEAKABLE`, a JSON Schema pattern): a text
+# is speakable when it has a letter or a number, in any script (Unicode categories L and N).
 def is_speakable(text: str) -> bool:
-    return any(ch.isalnum() for ch in text)
+    return any(unicodedata.category(ch)[0] in "LN" for ch in text)
 
 
 def split_sentences(text: str, max_chars: int) -> list[str]:

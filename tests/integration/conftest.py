@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -63,10 +64,12 @@ def fake_app(
     args: dict[str, Any] | None = None,
     delay_s: float = 0.3,
     engine: tuple[type, dict[str, Any]] | None = None,
+    blocking: bool = True,
     **options,
 ) -> Iterator[str]:
     """Another app on the session's Ray instance, with the fake engine (`delay_s` per batch)
-    or `engine` (a class and its keyword arguments)."""
+    or `engine` (a class and its keyword arguments); without `blocking`, yielded at once
+    (its replicas still starting)."""
     engine_cls, engine_kwargs = engine or (FakeEngine, {"delay_s": delay_s})
     app = bind_app(
         parse_app_args(args or {}),
@@ -74,11 +77,25 @@ def fake_app(
         engine_kwargs=engine_kwargs,
         synthesizer_options={"ray_actor_options": {"num_cpus": 0}, **options},
     )
-    serve.run(app, name=name, route_prefix=f"/{name}")
+    if blocking:
+        serve.run(app, name=name, route_prefix=f"/{name}")
+        # NOTE: as a load balancer would (and running_chorus does): the ingress learns that a
+        # model replica runs within a second, and admits only a first window until then
+        wait_ready(f"{server}/{name}")
+    else:  # NOTE: serve.run waits for every replica; its private twin can return at once
+        serve._run(app, name=name, route_prefix=f"/{name}", _blocking=False)
     try:
         yield f"{server}/{name}"
     finally:
         serve.delete(name)
+
+
+def wait_ready(url: str, path: str = "/readyz", timeout_s: float = 60) -> None:
+    """Until `path` answers 200 (by default: a model replica runs)."""
+    deadline = time.monotonic() + timeout_s
+    while httpx.get(f"{url}{path}", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, f"{url}{path} never answered 200"
+        time.sleep(0.1)
 
 
 async def speak_all(

@@ -2,18 +2,20 @@
 from the first request (the replica's own probe), so it admits only what it can finish within
 max_backlog_s and refuses the rest at once, with the envelope and a Retry-After. The same right
 after a user_config change that makes the model twice as slow (the fake engine's decoder in
-float32 instead of float16)."""
+float32 instead of float16), and while the model replica is still loading (a fresh deploy)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 
 import httpx
 import pytest
 from ray import serve
 
-from tests.integration.conftest import assert_envelope, fake_app
+from tests.fakes import FakeEngine
+from tests.integration.conftest import assert_envelope, fake_app, wait_ready
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -87,3 +89,37 @@ def test_a_burst_at_a_cold_server_and_after_a_config_change_is_admitted_honestly
         slower = check(asyncio.run(burst(url)), BATCH_S)
     print(f"cold: {cold}; after the change: {slower}")  # with -s: the figures in the README
     assert cold["admitted"] >= 1.5 * slower["admitted"], (cold, slower)
+
+
+LOAD_S = 20.0  # the fake engine's load, as a real voice's takes
+
+
+def test_a_burst_while_the_model_replica_loads_is_refused_at_once_but_for_a_first_window(
+    server: str,
+) -> None:
+    args = {**ARGS, "model_load_s": LOAD_S}
+    engine = (FakeEngine, {"delay_s": 0.3, "load_s": LOAD_S})
+    with fake_app(server, "loading", args, engine=engine, blocking=False) as url:
+        wait_ready(url, "/v1/models")  # the ingress is up
+        assert httpx.get(f"{url}/readyz", timeout=10).status_code == 503  # the model is not
+        answers = asyncio.run(burst(url))
+        refused = [(done, r) for _, done, r in answers if r.status_code != 200]
+        admitted = [done - sent for sent, done, r in answers if r.status_code == 200]
+        codes = Counter(assert_envelope(r)["code"] for _, r in refused)
+        assert codes == {"model_loading": len(refused)}, codes
+        # a first window only: 8 items in flight x a 100-phoneme sentence, 3 sentences each
+        assert 1 <= len(admitted) <= 3, len(admitted)
+        assert all(len(r.content) > 0 for _, _, r in answers if r.status_code == 200)
+        assert max(admitted) <= MAX_BACKLOG_S, admitted
+        # refused while the replica loads, not after it (or after a wait for its profile)
+        assert max(done for done, _ in refused) < min(admitted)
+        waits = [int(r.headers["retry-after"]) for _, r in refused]
+        assert len(set(waits)) >= 10, sorted(waits)  # the herd is spread...
+        assert min(waits) >= 1 and sorted(waits)[len(waits) // 2] >= LOAD_S / 4  # ...from then
+        # once it runs, the door knows its speed and admits by it
+        after = httpx.post(
+            f"{url}/v1/audio/speech",
+            json={"model": "tts-1", "voice": "alloy", "input": text(0), "response_format": "pcm"},
+            timeout=60,
+        )
+        assert after.status_code == 200 and len(after.content) > 0

@@ -32,6 +32,19 @@ def scrape(url: str) -> Samples:
     return samples
 
 
+def settled(url: str, every_s: float = 3.0, tries: int = 20) -> Samples:
+    """A scrape once the requests counter stands still between two scrapes: what earlier
+    tests sent has been counted and pushed (a replica pushes every second here)."""
+    last = scrape(url)
+    for _ in range(tries):
+        time.sleep(every_s)
+        now = scrape(url)
+        if total(now, "chorus_requests_total") == total(last, "chorus_requests_total"):
+            return now
+        last = now
+    raise AssertionError("the requests counter never stood still")
+
+
 def total(samples: Samples, name: str, **labels: str) -> float:
     """Sum of a metric's samples over every series carrying `labels`."""
     return sum(
@@ -74,7 +87,7 @@ def traffic(server: str, metrics_url: str) -> dict:
 
 
 def send_known_traffic(client: httpx.Client, server: str, metrics_url: str) -> dict:
-    before = scrape(metrics_url)
+    before = settled(metrics_url)
     ok = [
         speech(client, input=text, response_format="pcm", stream_format="file")
         for text in ("Hi there.", "Good morning. Good night.")
@@ -143,7 +156,7 @@ def test_counters_and_histograms_moved_by_the_traffic(traffic: dict) -> None:
     assert delta(traffic, "chorus_requests_total", **lost) == 1
     gone = {**chorus, "route": SPEECH, "status": "499", "reason": "client_gone"}
     assert delta(traffic, "chorus_requests_total", **gone) == 1
-    overload = {"application": "metered", "status": "503", "reason": "overload"}
+    overload = {"application": "metered", "status": "503", "reason": "overload", "route": SPEECH}
     assert delta(traffic, "chorus_requests_total", **overload) == traffic["rejected"]
     error = traffic["stream_error"]  # the bad sentence, or its own items met the tiny queue
     reason = reason_of(error["error"]["code"])
@@ -153,6 +166,8 @@ def test_counters_and_histograms_moved_by_the_traffic(traffic: dict) -> None:
     assert delta(traffic, "chorus_request_latency_seconds_count", **chorus) == 3
     # The client that left may have had its first sentence by then.
     assert delta(traffic, "chorus_time_to_first_audio_seconds_count", **chorus) in (3, 4)
+    # Stalls are counted for streams that got their audio: the SSE one (files have none).
+    assert delta(traffic, "chorus_stream_stall_seconds_count", **chorus) == 1
     assert delta(traffic, "chorus_audio_seconds_total", **chorus) == pytest.approx(
         traffic["audio_s"], abs=0.01
     )

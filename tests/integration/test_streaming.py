@@ -129,16 +129,21 @@ def test_clients_that_leave_after_first_audio_leave_no_work_behind(client, serve
         )
 
     asyncio.run(twenty())
-    deadline = time.monotonic() + 60
-    while (queue := client.get("/v1/queue").json())["items"] or queue["requests"]:
-        assert time.monotonic() < deadline, f"work left behind: {queue}"
+    # The ingress hears of each departure at once (behind HAProxy too: with splicing on, HAProxy
+    # 2.8 kept some of these connections open to the ingress and spun on them, which kept
+    # their requests synthesizing for 8-60 s); only items already sent to the model finish.
+    left = time.monotonic()
+    while (queue := client.get("/v1/queue").json())["requests"]:
+        assert time.monotonic() < left + 5, f"requests left behind: {queue}"
+        time.sleep(0.1)
+    while (queue := client.get("/v1/queue").json())["items"]:
+        assert time.monotonic() < left + 30, f"items left behind: {queue}"
         time.sleep(0.2)
     settled = replica_stats("chorus")["items"]
     time.sleep(2.0)
     assert replica_stats("chorus")["items"] == settled  # the counter stopped growing
     assert live_tasks() == {}  # no orphan tasks in the ingress
     # 20 clients x 10 sentences would be 200 items; each got its first sentence and left.
-    print("LEFT-ITEMS", settled - before)
     assert settled - before < 100, settled - before
     after = speech(client, **BODY)
     assert after.status_code == 200 and len(after.content) > 24000 * 2
@@ -148,11 +153,11 @@ def test_short_requests_finish_before_a_long_one_sent_with_them(client, server) 
     long_text = " ".join(TEXTS * 40)[:4096].rsplit(" ", 1)[0]
     finished: list[str] = []
 
-    async def post(c: httpx.AsyncClient, name: str, text: str) -> int:
+    async def post(c: httpx.AsyncClient, name: str, text: str) -> int | str:
         body = {"model": "tts-1", "voice": "alloy", "input": text, "response_format": "wav"}
         response = await c.post("/v1/audio/speech", json=body)
         finished.append(name)
-        return response.status_code
+        return 200 if response.status_code == 200 else f"{response.status_code} {response.text}"
 
     async def race() -> list[int]:
         async with httpx.AsyncClient(base_url=server, timeout=200) as c:

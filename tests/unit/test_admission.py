@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 import yaml
@@ -10,8 +11,9 @@ import yaml
 from serve_app.config import AppConfig, hash_key
 from serve_app.deadline import Deadline
 from serve_app.errors import Forbidden, Overloaded, RateLimited, Unauthorized
+from serve_app.model.readiness import LATE_S, Readiness
 from serve_app.queue.backlog import Backlog
-from serve_app.queue.door import Door
+from serve_app.queue.door import COLD_PHONEMES_PER_S, Door
 from serve_app.queue.keys import KeyStore, TokenBucket, main
 from tests.fakes import Clock, Replica, item, make_backlog
 
@@ -102,11 +104,21 @@ def test_key_tool_prints_a_key_and_its_entry(capsys) -> None:
     assert f"sha256: {hash_key(key)}" in out
 
 
-def make_door(clock: Clock, **args) -> tuple[Door, KeyStore, Backlog, Replica]:
+class NoJitter(random.Random):
+    """The herd's jitter at its low end: Retry-After values as the door computes their base."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return a
+
+
+def make_door(
+    clock: Clock, rng: random.Random | None = None, **args
+) -> tuple[Door, KeyStore, Backlog, Replica]:
     cfg = config(**args)
     replica = Replica()
     backlog = make_backlog(replica, clock, capacity=1)
-    return Door(cfg, backlog), KeyStore(cfg, clock=clock), backlog, replica
+    door = Door(cfg, backlog, rng=rng or NoJitter())
+    return door, KeyStore(cfg, clock=clock), backlog, replica
 
 
 def test_lanes_are_limited_per_key() -> None:
@@ -187,3 +199,124 @@ def test_requests_in_progress_are_bounded() -> None:
         door.admit(client, "interactive", 10, Deadline(60))
     with pytest.raises(Overloaded):
         door.admit(client, "interactive", 10, Deadline(60))
+
+
+def test_while_no_model_replica_runs_only_a_first_window_is_admitted() -> None:
+    # 8 items in flight x a 100-phoneme probe sentence = 800 phonemes; 100 chars = 240.
+    door, keys, backlog, _ = make_door(Clock(), max_backlog_s=120, items_in_flight=8)
+    client = keys.authenticate({})
+    works = [door.admit(client, "interactive", 100, Deadline(60), loading_s=20) for _ in range(3)]
+    with pytest.raises(Overloaded) as err:
+        door.admit(client, "interactive", 100, Deadline(60), loading_s=20)
+    assert err.value.code == "model_loading" and "loading" in err.value.message
+    assert err.value.headers["Retry-After"] == "20"  # when a replica should be running
+    for work in works:
+        work.close()
+    with pytest.raises(Overloaded):  # a deadline the start alone would miss
+        door.admit(client, "interactive", 1, Deadline(10), loading_s=20)
+    with pytest.raises(Overloaded) as err:  # a start later than the backlog bound: none
+        door.admit(client, "interactive", 10, Deadline(600), loading_s=200)
+    assert err.value.headers["Retry-After"] == "200"
+    big = door.admit(client, "interactive", 4000, Deadline(600), loading_s=20)  # alone: yes
+    assert backlog.requests == 1
+    big.close()
+
+
+def test_a_running_replica_that_has_not_measured_its_speed_gets_a_first_window_too() -> None:
+    door, keys, _, _ = make_door(Clock(), items_in_flight=2)  # 200 phonemes
+    client = keys.authenticate({})
+    door.admit(client, "interactive", 50, Deadline(60))
+    with pytest.raises(Overloaded) as err:
+        door.admit(client, "interactive", 50, Deadline(60))
+    assert err.value.code == "model_loading" and "not measured" in err.value.message
+
+
+def test_retry_after_spreads_the_refused_over_the_time_their_work_would_take() -> None:
+    clock = Clock()
+    door, keys, _, _ = make_door(clock, random.Random(7), max_active_requests=1, items_in_flight=1)
+    client = keys.authenticate({})
+    door.admit(client, "interactive", 1000, Deadline(60), loading_s=5)
+    each = 2400 / COLD_PHONEMES_PER_S  # 1000 chars, before any rate is known
+    waits = []
+    for _ in range(100):
+        with pytest.raises(Overloaded) as err:
+            door.admit(client, "interactive", 1000, Deadline(60), loading_s=5)
+        waits.append(int(err.value.headers["Retry-After"]))
+        clock.now += 0.01
+    assert max(waits[:5]) <= 5 * each + 1  # few refused so far: told to come back soon
+    assert len(set(waits)) >= 40  # the herd is told different seconds...
+    assert max(waits) <= 100 * each + 1  # ...over about what their work would take
+    assert sorted(waits)[50] >= 100 * each / 8
+    clock.now += 11  # the refusals age out of the window
+    with pytest.raises(Overloaded) as err:
+        door.admit(client, "interactive", 1000, Deadline(60), loading_s=5)
+    assert int(err.value.headers["Retry-After"]) <= each + 1
+
+
+def test_readiness_says_how_long_until_a_loading_replica_should_take_work() -> None:
+    async def run() -> None:
+        clock = Clock()
+        states = {"STARTING": 1}
+
+        def controller(app: str, deployment: str) -> dict[str, int]:
+            return dict(states)
+
+        async def running(expected: int) -> None:
+            """`running()` answers at once; `expected` once the watch has asked again."""
+            for _ in range(100):
+                if await ready.running() == expected:
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"never {expected} running")
+
+        ready = Readiness("chorus", "Synthesizer", 1.0, controller, clock)
+        assert ready.loading_s(30) is None  # nothing asked yet: nothing known
+        clock.now += 5
+        await running(0)
+        assert ready.loading_s(30) == 25  # started with this ingress, 5 s ago
+        clock.now += 40
+        assert ready.loading_s(30) == LATE_S  # late: expected again shortly
+        states = {"RUNNING": 1}  # the watch asks every second while none runs
+        clock.now += 2
+        await running(1)
+        assert ready.loading_s(30) is None
+        states = {"STARTING": 1}  # every replica lost: loading again from now
+        clock.now += 2
+        assert await ready.running() == 1  # the last answer, at once; then asked again...
+        await running(0)
+        assert ready.loading_s(30) == 30  # ...from when it was seen
+
+    asyncio.run(run())
+
+
+def test_a_replica_the_handle_hears_of_counts_before_the_controller_is_asked_again() -> None:
+    async def run() -> None:
+        clock = Clock()
+        states, routed, asked = {"STARTING": 1}, False, []
+
+        def controller(app: str, deployment: str) -> dict[str, int]:
+            asked.append(clock.now)
+            return dict(states)
+
+        ready = Readiness("chorus", "Synthesizer", 1.0, controller, clock, lambda: routed)
+        assert await ready.running() == 0
+        clock.now += 0.5  # the answer is still fresh...
+        assert ready.loading_s(30) == 29.5
+        states, routed = {"RUNNING": 1}, True  # ...but a replica started since it was asked
+        assert await ready.running() == 1  # at once, and no loading estimate
+        assert ready.loading_s(30) is None
+        for _ in range(20):  # and the controller is asked again well within its second
+            if len(asked) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert asked == [100.0, 100.5]
+        states = {"STARTING": 1}  # every replica lost later: the handle's news is old now
+        clock.now += 2
+        await ready.running()
+        for _ in range(20):
+            if await ready.running() == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert ready.loading_s(30) == 30
+
+    asyncio.run(run())

@@ -120,25 +120,60 @@ def test_a_light_key_gets_an_equal_share_against_a_heavy_one() -> None:
     asyncio.run(run())
 
 
-def test_a_keys_first_sentences_go_first_then_its_requests_in_arrival_order() -> None:
-    async def run() -> None:
+async def order_of_a_burst_then_a_stream(streamed: bool) -> list[int]:
+    """The seeds in the order they reach the replica: 3 requests of 3 sentences at once
+    (seeds 10n..10n+2; streams or whole files), then a stream of 2 sentences (30, 31) 1 s later."""
+    clock, replica = Clock(), Replica()
+    backlog = make_backlog(replica, clock, 1)
+    for n in range(3):
+        work = backlog.request("interactive", streamed=streamed)
+        for i in range(3):
+            work(item(10, seed=10 * n + i))
+    clock.now += 1
+    late = backlog.request("interactive")
+    late(item(10, seed=30))
+    late(item(10, seed=31))
+    for _ in range(11):
+        await replica.finish_next(backlog, clock, 0.1)
+    return replica.sent
+
+
+def test_a_keys_first_sentences_go_first_then_each_streams_next_one() -> None:
+    # every first sentence that came within FOLLOW_ON_S goes before any later sentence; then,
+    # with no audio heard yet, every stream's second sentence before any stream's third
+    sent = asyncio.run(order_of_a_burst_then_a_stream(streamed=True))
+    assert sent == [0, 10, 20, 30, 1, 11, 21, 2, 12, 22, 31]
+
+
+def test_a_streams_next_sentence_goes_when_its_listener_will_need_it() -> None:
+    async def run() -> list[int]:
         clock, replica = Clock(), Replica()
         backlog = make_backlog(replica, clock, 1)
-        for n in range(3):  # 3 requests of 3 sentences, seeds 10n..10n+2
-            work = backlog.request("interactive")
-            for i in range(3):
-                work(item(10, seed=10 * n + i))
-        clock.now += 1
-        late = backlog.request("interactive")  # 1 s later, 2 sentences
-        late(item(10, seed=30))
-        late(item(10, seed=31))
-        for _ in range(11):
+        long, short = backlog.request("interactive"), backlog.request("interactive")
+        long(item(400, seed=0))  # 10 s of audio
+        short(item(10, seed=10))  # 0.25 s
+        await replica.finish_next(backlog, clock, 0.1)
+        await replica.finish_next(backlog, clock, 0.1)
+        long.heard(10.0)
+        short.heard(0.25)
+        backlog.request("interactive")(item(10, seed=99))  # in flight while the rest queue
+        long(item(10, seed=1))  # needed in 10 s
+        short(item(10, seed=11))  # needed in 0.25 s: late already, with the margin
+        new = backlog.request("interactive")
+        new(item(10, seed=20))  # its first audio: due now
+        for _ in range(4):
             await replica.finish_next(backlog, clock, 0.1)
-        # every first sentence that came within FOLLOW_ON_S goes before any later sentence;
-        # the rest in arrival order, so no request waits on all the others
-        assert replica.sent == [0, 10, 20, 30, 1, 2, 11, 12, 21, 22, 31]
+        return replica.sent
 
-    asyncio.run(run())
+    assert asyncio.run(run()) == [0, 10, 99, 11, 20, 1]
+
+
+def test_a_keys_whole_file_answers_go_in_arrival_order_and_a_new_streams_start_first() -> None:
+    # the first file's answer is done after 3 items, not 9 (nobody listens to a file's first
+    # sentence alone); the stream's first sentence goes ahead of the files that came less
+    # than FOLLOW_ON_S before it
+    sent = asyncio.run(order_of_a_burst_then_a_stream(streamed=False))
+    assert sent == [0, 30, 1, 2, 10, 11, 12, 20, 21, 22, 31]
 
 
 def test_position_counts_one_fair_round_not_everything_queued() -> None:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+import unicodedata
 
+import jsonschema_rs
 import pytest
 from piper.phoneme_ids import phonemes_to_ids
 from piper.phonemize_espeak import EspeakPhonemizer
 
 from serve_app.config import VoiceSource
+from serve_app.protocol import SPEAKABLE
 from serve_app.speech.text import TextError, TextFrontend, is_speakable, normalize, split_sentences
 from serve_app.speech.voices import VoiceInfo
 
@@ -40,6 +44,22 @@ def test_unspeakable_text_is_rejected(frontend: TextFrontend, text: str) -> None
     assert not is_speakable(normalize(text))
     with pytest.raises(TextError):
         frontend.prepare(text)
+
+
+def test_the_api_document_and_the_server_agree_on_every_speakable_character() -> None:
+    # The document's `input` pattern, judged by a JSON Schema validator as clients' are,
+    # against the server's own check, for every character Python's Unicode data assigns.
+    document = jsonschema_rs.validator_for({"type": "string", "pattern": SPEAKABLE})
+    disagree = [
+        hex(code)
+        for code in range(sys.maxunicode + 1)
+        if unicodedata.category(chr(code)) not in ("Cn", "Cs")
+        and document.is_valid(chr(code)) != is_speakable(chr(code))
+    ]
+    assert not disagree, disagree[:20]
+    assert document.is_valid("×ø\u009b") and not document.is_valid("×—\u009b 😀")
+    for text in ("×ø\u009b", "Ωμέγα", "東京", "٣", "Ⅻ"):  # letters and numbers of any script
+        assert is_speakable(normalize(text)), text
 
 
 def test_sentences_respect_abbreviations_and_initials() -> None:
