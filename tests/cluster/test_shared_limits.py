@@ -11,6 +11,7 @@ import pytest
 import ray
 
 from load_tests.load import offered
+from load_tests.local import settled
 from serve_app.queue.shared import NAMESPACE, board_name
 from tests.cluster.conftest import FakeCluster, ready, wait_for
 from tests.helpers import race
@@ -54,6 +55,14 @@ def auth(key: str) -> dict[str, str]:
 
 def deploy(cluster: FakeCluster) -> None:
     cluster.deploy(APP, DEPLOYMENTS)
+    # NOTE: after another test's app, this deploy is a rollout: until it ends, /readyz may be
+    # answered by an old ingress replica, and old ones take part of the load (CI once saw the
+    # light key's share at 38%, with 4 ingress replicas reporting to the board).
+    wait_for(
+        lambda: all(settled(d["num_replicas"], deployment=d["name"]) for d in DEPLOYMENTS),
+        120,
+        "the rollout to end",
+    )
     wait_for(lambda: ready(cluster.url), 120, "the app")
 
 
