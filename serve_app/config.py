@@ -331,8 +331,9 @@ class AppConfig(_Strict):
         19,
         ge=0,
         le=19,
-        description="OS scheduling niceness of a CPU synthesizer replica's engine threads "
-        "(19: lowest priority). On shared cores the ingress and the front door then win the "
+        description="OS scheduling niceness of a CPU synthesizer replica's engine threads, "
+        "its start (engine import, voice load) included (19: lowest priority). On shared "
+        "cores the ingress and the front door then win the "
         "CPU from a busy engine, so refusals, readiness and streaming stay fast under a "
         "burst; the engine still gets every idle cycle. 0 leaves them alone; GPU replicas "
         "ignore it.",

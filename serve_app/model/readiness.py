@@ -6,11 +6,13 @@ check (`Synthesizer.check_health`: no voices, or a batch stalled past `stall_tim
 A busy replica stays RUNNING, so a readiness probe answers in a few milliseconds under any
 load. (Asking the replica itself queues the probe behind its batches.)
 
-The controller's answer is a second old at most while none runs, and the ingress's handle
-hears of a replica that starts running before that: Serve pushes each handle its deployment's
-running replicas (its own proxies wait for the same news). An answer of none running that was
-asked before the handle heard of one is stale, and asked again at once: a request arriving
-just after a replica started is admitted, not told to come back when the replica is due.
+While none runs, the controller is asked every `WATCH_S` (a question costs the ingress ~20 ms
+of CPU, most of it pickling: once a second it slowed the refusals of a burst at cold start),
+and the ingress's handle hears of a replica that starts running before that: Serve pushes
+each handle its deployment's running replicas (its own proxies wait for the same news). An
+answer of none running that was asked before the handle heard of one is stale, and asked
+again at once: a request arriving just after a replica started is admitted, not told to come
+back when the replica is due.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ logger = logging.getLogger("ray.serve.chorus.readiness")
 FRESH_S = 1.0  # how long one answer of the controller is reused
 LATE_S = 2.0  # a replica later than expected is expected again this much later
 NEWS_POLL_S = 0.05  # how often the watch looks for the handle's news while none runs
+WATCH_S = 5.0  # how often the controller is asked while none runs (the news comes sooner)
 
 
 def running_replicas(app: str, deployment: str) -> dict[str, int]:
@@ -89,7 +92,8 @@ class Readiness:
 
         NOTE: a controller answer can take most of a second while Serve is busy deploying,
         and a burst must not wait on it: the answer is kept fresh in the background, every
-        `FRESH_S` while no replica runs, and asked again on each call once older than that."""
+        `WATCH_S` while no replica runs (at once on the handle's news of one), and once one
+        runs asked again on a call that finds it older than `FRESH_S`."""
         self.watch()
         if self._last is None:  # the first answer (the watch's own question, shared)
             with contextlib.suppress(Exception):  # unknown: the caller goes on without it
@@ -100,7 +104,7 @@ class Readiness:
 
     def watch(self) -> None:
         """Ask the controller in the background (unless already asking): now, and again
-        every `FRESH_S` while no replica runs."""
+        every `WATCH_S` while no replica runs, or as soon as the handle hears of one."""
         if self._watch is None or self._watch.done():
             self._watch = asyncio.ensure_future(self._watching())
 
@@ -113,7 +117,7 @@ class Readiness:
                 logger.warning("Model replicas' state unknown: %r", exc)
                 if self._last is None:
                     raise
-            for _ in range(round(FRESH_S / NEWS_POLL_S)):  # or sooner, on the handle's news
+            for _ in range(round(WATCH_S / NEWS_POLL_S)):  # or sooner, on the handle's news
                 if self._stale():
                     break
                 await asyncio.sleep(NEWS_POLL_S)

@@ -53,6 +53,22 @@ def engine_thread(threads: int | None, nice: int = 0) -> None:
         torch.set_num_threads(threads)
 
 
+def _built(
+    sources: list[VoiceSource],
+    engine_cls: type[Engine] | None,
+    engine_kwargs: dict[str, Any],
+    device: str,
+) -> Engine:
+    """The engine, loaded on `device` (the packaged voice's PyTorch engine by default)."""
+    if engine_cls is None:
+        from serve_app.model.engines.piper import PiperEngine
+
+        engine_cls = PiperEngine
+    engine = engine_cls(sources, **engine_kwargs)
+    engine.load(device)
+    return engine
+
+
 def cuda_usable() -> bool:
     """CUDA works in this process."""
     import torch
@@ -95,13 +111,14 @@ class Synthesizer:
             initializer=engine_thread,
             initargs=(threads, cpu_nice if cpu else 0),
         )
-        if engine_cls is None:
-            from serve_app.model.engines.piper import PiperEngine
-
-            engine_cls = PiperEngine
         sources = [VoiceSource.model_validate(v) for v in voices]
-        self.engine = engine_cls(sources, **(engine_kwargs or {}))
-        self._executor.submit(self.engine.load, self.device).result()
+        # NOTE: the engine is imported (torch with it), built and loaded on its own thread
+        # too, at its niceness: a CPU replica's start then yields the cores to the ingress
+        # and the front door, which meanwhile answer a burst (measured: 2.5 CPU-s of a 3 s
+        # cold burst went to the start, and refusals waited for it; load_tests.bench_burst).
+        self.engine = self._executor.submit(
+            _built, sources, engine_cls, engine_kwargs or {}, self.device
+        ).result()
         self.items_run = 0  # sentence items the engine has been given, ever
         self.batches_run = 0
         self.out_of_memory = 0  # batches that ran out of device memory

@@ -269,17 +269,22 @@ def test_readiness_says_how_long_until_a_loading_replica_should_take_work() -> N
                 await asyncio.sleep(0.05)
             raise AssertionError(f"never {expected} running")
 
-        ready = Readiness("chorus", "Synthesizer", 1.0, controller, clock)
+        def routed() -> bool:  # the handle's news: once a replica ran, it stays so
+            return heard
+
+        heard = False
+        ready = Readiness("chorus", "Synthesizer", 1.0, controller, clock, routed)
         assert ready.loading_s(30) is None  # nothing asked yet: nothing known
         clock.now += 5
         await running(0)
         assert ready.loading_s(30) == 25  # started with this ingress, 5 s ago
         clock.now += 40
         assert ready.loading_s(30) == LATE_S  # late: expected again shortly
-        states = {"RUNNING": 1}  # the watch asks every second while none runs
+        states, heard = {"RUNNING": 1}, True  # the handle hears of it: the watch asks at once
         clock.now += 2
         await running(1)
         assert ready.loading_s(30) is None
+        await asyncio.sleep(0.3)  # the controller's answer to the watch's question
         states = {"STARTING": 1}  # every replica lost: loading again from now
         clock.now += 2
         assert await ready.running() == 1  # the last answer, at once; then asked again...
