@@ -2,7 +2,7 @@
 ready: what is admitted, what is refused, how fast, and with what Retry-After.
 
     python -m load_tests.bench_burst [--burst 300] [--sentences 3] [--args JSON]
-                                     [--save-as burst_cpu]
+                                     [--cold-after-s S] [--cold-only] [--save-as burst_cpu]
 
 The main job (`serve_app.local` with deploy/serve_config.yaml, the real voice) is started as
 a subprocess. As soon as its ingress answers (`GET /v1/models`: the model replica is still
@@ -121,6 +121,13 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=300)
     parser.add_argument("--sentences", type=int, default=3)
     parser.add_argument("--args", type=json.loads, default={}, help="app args to override")
+    parser.add_argument(
+        "--cold-after-s",
+        type=float,
+        default=0.0,
+        help="wait this long after /v1/models first answers before the cold burst",
+    )
+    parser.add_argument("--cold-only", action="store_true", help="skip the burst once ready")
     parser.add_argument("--save-as", default="burst_cpu")
     args = parser.parse_args()
     max_backlog_s = float({**deploy_args(), **args.args}["max_backlog_s"])
@@ -130,16 +137,18 @@ def main() -> None:
         server = srv.chorus(workdir, srv.free_port(), args.args)
         server.ready_path = "/v1/models"  # the ingress answers; the model replica may not
         with srv.running(server, workdir) as chorus:
+            time.sleep(args.cold_after_s)
             ready = httpx.get(chorus.url + "/readyz", timeout=5)
             report["readyz_at_cold_burst"] = ready.status_code
             cold = asyncio.run(burst(chorus.url, args.burst, args.sentences))
             report["cold"] = summary(cold, max_backlog_s)
             print("cold:", report["cold"], flush=True)
-            wait_for(chorus.url, "/readyz")
-            wait_for(chorus.url, "/v1/queue", ok=lambda r: r.json()["requests"] == 0)
-            warm = asyncio.run(burst(chorus.url, args.burst, args.sentences))
-            report["ready"] = summary(warm, max_backlog_s)
-            print("ready:", report["ready"], flush=True)
+            if not args.cold_only:
+                wait_for(chorus.url, "/readyz")
+                wait_for(chorus.url, "/v1/queue", ok=lambda r: r.json()["requests"] == 0)
+                warm = asyncio.run(burst(chorus.url, args.burst, args.sentences))
+                report["ready"] = summary(warm, max_backlog_s)
+                print("ready:", report["ready"], flush=True)
     print(f"saved {save(args.save_as, report)}")
 
 
