@@ -107,6 +107,7 @@ class Ingress:
             on_retry=self.metrics.items_retried.inc,
             on_count=self._replicas_changed,
             on_profile=self.meter.learn_profile,
+            running=lambda: self.readiness.running_now(),
         )
         self.backlog = Backlog(
             self.replicas.send,

@@ -98,13 +98,22 @@ class Readiness:
         if self._last is None:  # the first answer (the watch's own question, shared)
             with contextlib.suppress(Exception):  # unknown: the caller goes on without it
                 await self._replica_states()
+        elif not self._fresh():
+            self._refresh()  # for the next call
         if self._last is None:
             return None
         return 1 if self._stale() else self._last[1].get("RUNNING", 0)
 
+    def running_now(self) -> int | None:
+        """Model replicas running by an answer of the controller at most 2 x `WATCH_S` old
+        (the watch keeps one that fresh); None when there is none that recent."""
+        if self._last is None or self._stale() or self._clock() - self._last[0] > 2 * WATCH_S:
+            return None
+        return self._last[1].get("RUNNING", 0)
+
     def watch(self) -> None:
         """Ask the controller in the background (unless already asking): now, and again
-        every `WATCH_S` while no replica runs, or as soon as the handle hears of one."""
+        every `WATCH_S`; sooner while no replica runs, as soon as the handle hears of one."""
         if self._watch is None or self._watch.done():
             self._watch = asyncio.ensure_future(self._watching())
 
@@ -112,7 +121,8 @@ class Readiness:
         while True:
             try:
                 if (await self._replica_states()).get("RUNNING", 0):
-                    return
+                    await asyncio.sleep(WATCH_S)  # keeps `running_now` current (a rollout)
+                    continue
             except Exception as exc:  # noqa: BLE001 - asked again below
                 logger.warning("Model replicas' state unknown: %r", exc)
                 if self._last is None:
@@ -140,14 +150,26 @@ class Readiness:
             return None
         return max(LATE_S, load_s - (self._clock() - self._down_since))
 
-    async def _replica_states(self) -> dict[str, int]:
-        now = self._clock()
-        if self._last is not None and now - self._last[0] < FRESH_S and not self._stale():
-            return self._last[1]
+    def _fresh(self) -> bool:
+        return (
+            self._last is not None and self._clock() - self._last[0] < FRESH_S and not self._stale()
+        )
+
+    def _refresh(self) -> asyncio.Future[dict[str, int]]:
+        """The question to the controller now in flight, asked if none is.
+
+        NOTE: one question at a time, shared by every probe that comes meanwhile."""
         if self._asking is None or self._asking.done():
-            # NOTE: one question at a time, shared by every probe that comes meanwhile.
             self._asking = asyncio.ensure_future(self._ask())
-        return await asyncio.wait_for(asyncio.shield(self._asking), self.timeout_s)
+            # a failure is seen by whoever awaits it; unawaited, it is not an error here
+            self._asking.add_done_callback(lambda task: task.cancelled() or task.exception())
+        return self._asking
+
+    async def _replica_states(self) -> dict[str, int]:
+        if self._fresh():
+            assert self._last is not None
+            return self._last[1]
+        return await asyncio.wait_for(asyncio.shield(self._refresh()), self.timeout_s)
 
     async def _ask(self) -> dict[str, int]:
         now = self._clock()  # NOTE: when asked: the answer is no newer than that

@@ -41,7 +41,10 @@ class ModelReplicas:
         on_count: Callable[[int], None] | None = None,
         on_profile: Callable[[SpeedProfile, int | None], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        running: Callable[[], int | None] = lambda: None,
     ) -> None:
+        """`running`: how many replicas Serve's controller has running now, when known
+        (`Readiness.running_now`)."""
         self._handle = handle
         self.retries = retries
         self.per_call = per_call
@@ -51,6 +54,7 @@ class ModelReplicas:
         self._on_profile = on_profile
         self._counted = 1
         self._clock = clock
+        self._running = running
         self._seen: dict[str, float] = {}  # replica id -> when it last answered
         self._asked: asyncio.Task[None] | None = None
         self._pack: _Pack | None = None  # items to send at the end of this loop turn
@@ -119,10 +123,15 @@ class ModelReplicas:
                 self._on_count(count)
 
     def count(self) -> int:
-        """Replicas that answered within the window (at least 1: there is always one)."""
+        """Replicas that answered within the window, and no more than the controller has
+        running now: on a rollout or a scale-down, replicas that stopped drop out at the
+        controller's next answer, not when the window forgets them (at least 1: there is
+        always one)."""
         cutoff = self._clock() - self.window_s
         self._seen = {r: t for r, t in self._seen.items() if t >= cutoff}
-        return max(1, len(self._seen))
+        running = self._running()
+        answered = len(self._seen)
+        return max(1, min(answered, running) if running else answered)
 
 
 class _Pack:

@@ -11,7 +11,7 @@ import yaml
 from serve_app.config import AppConfig, hash_key
 from serve_app.deadline import Deadline
 from serve_app.errors import Forbidden, Overloaded, RateLimited, Unauthorized
-from serve_app.model.readiness import LATE_S, Readiness
+from serve_app.model.readiness import LATE_S, WATCH_S, Readiness
 from serve_app.queue.backlog import Backlog
 from serve_app.queue.door import COLD_PHONEMES_PER_S, Door
 from serve_app.queue.keys import KeyStore, TokenBucket, main
@@ -323,5 +323,33 @@ def test_a_replica_the_handle_hears_of_counts_before_the_controller_is_asked_aga
                 break
             await asyncio.sleep(0.01)
         assert ready.loading_s(30) == 30
+
+    asyncio.run(run())
+
+
+def test_readiness_keeps_the_running_count_current_while_replicas_run() -> None:
+    async def run() -> None:
+        clock = Clock()
+        states = {"RUNNING": 2}
+        asked: list[float] = []
+
+        def controller(app: str, deployment: str) -> dict[str, int]:
+            asked.append(clock.now)
+            return dict(states)
+
+        ready = Readiness("chorus", "Synthesizer", 1.0, controller, clock)
+        assert ready.running_now() is None  # not asked yet
+        assert await ready.running() == 2
+        assert ready.running_now() == 2
+        clock.now += 2 * WATCH_S + 1
+        assert ready.running_now() is None  # too old to count on
+        states = {"RUNNING": 1, "STOPPING": 1}  # a rollout stopped one
+        assert await ready.running() == 2  # the last answer at once; asked again meanwhile
+        for _ in range(100):
+            if ready.running_now() == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert ready.running_now() == 1
+        assert len(asked) == 2
 
     asyncio.run(run())

@@ -162,6 +162,27 @@ async def test_replicas_are_counted_while_they_answer() -> None:
     assert replicas.count() == 1 and counts == [2, 1]
 
 
+async def test_a_rollouts_stopped_replicas_stop_counting_at_the_controllers_next_answer() -> None:
+    clock, counts, running = Clock(), [], [None]
+    names = iter(["old-a", "old-b", "new-a", "new-b", "new-a", "new-b"])
+    replicas = ModelReplicas(
+        Handle(lambda _: Call(next(names))),
+        window_s=30,
+        on_count=counts.append,
+        clock=clock,
+        running=lambda: running[0],
+    )
+    for _ in range(4):  # the old replicas answered, then the new ones
+        await replicas.send(item(5))
+    assert counts == [2, 3, 4]  # the controller not asked yet: every one that answered
+    running[0] = 2  # the old ones stopped: the controller's answer, seconds later
+    await replicas.send(item(5))
+    assert counts == [2, 3, 4, 2]  # not 30 s later, when the window would forget them
+    running[0] = None  # no answer that recent: the window alone
+    await replicas.send(item(5))
+    assert counts == [2, 3, 4, 2, 4]
+
+
 def context(name: str, requests: float, replicas: int, target: float, items=None):
     return SimpleNamespace(
         deployment_name=name,
