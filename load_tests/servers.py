@@ -55,7 +55,7 @@ class Server:
         return body
 
 
-# The other front door (README, "The front door"): Chorus behind Serve's Python proxy.
+# The other front door (docs/operations.md, "The front door"): Chorus behind Serve's Python proxy.
 BEHIND_SERVES_PROXY = {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
 
 

@@ -10,7 +10,7 @@ from ray import serve
 from ray.serve import Application
 
 from serve_app.config import AppConfig, parse_app_args
-from serve_app.http.routes import Ingress
+from serve_app.http.ingress import Ingress
 from serve_app.model.engines.base import Engine
 from serve_app.model.synthesizer import Synthesizer
 

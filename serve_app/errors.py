@@ -5,26 +5,8 @@ responses, and a model replica raises its own failures without importing FastAPI
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
-
-from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
-from ray.exceptions import OutOfMemoryError as WorkerKilledForMemory
-from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
-
-logger = logging.getLogger("ray.serve.chorus.errors")
-
-# A model replica (or its node) went away before answering: the item never finished. Sentence
-# items are idempotent (same seed, same samples), so the ingress sends them again; once it
-# stops retrying, the client hears "replica unavailable".
-REPLICA_LOST = (
-    RayActorError,
-    WorkerCrashedError,
-    NodeDiedError,
-    ReplicaUnavailableError,
-    WorkerKilledForMemory,
-)
 
 
 class ChorusError(Exception):
@@ -136,29 +118,3 @@ class SynthesisError(RuntimeError):
 class ItemTooLarge(SynthesisError):
     """Raised by a model replica: one item ran out of device memory even in a batch of its
     own, so it can never be synthesized there."""
-
-
-def classify(exc: Exception, retry_after_s: float | None = None) -> ChorusError:
-    """What the client is told about a failure while its sentences were being synthesized;
-    `retry_after_s` is the server's estimate of when the queue will have room."""
-    if isinstance(exc, ChorusError):
-        return exc
-    if isinstance(exc, BackPressureError):
-        return Overloaded(
-            "the model replicas' queues are full; retry shortly", retry_after_s=retry_after_s
-        )
-    if isinstance(exc, ItemTooLarge):
-        return PayloadTooLarge(
-            "a sentence of this input needs more model memory than a replica has; "
-            "split it into shorter sentences",
-            param="input",
-            code="sentence_too_large",
-        )
-    if isinstance(exc, SynthesisError):
-        return SynthesisFailed(f"synthesis failed: {exc.args[0] if exc.args else exc}")
-    if isinstance(exc, REPLICA_LOST):
-        return ReplicaUnavailable(
-            "a model replica became unavailable; retry shortly", retry_after_s=retry_after_s
-        )
-    logger.error("Unexpected failure during synthesis", exc_info=exc)
-    return ChorusError("internal server error")

@@ -1,7 +1,8 @@
 """Every Chorus metric, declared once, through Ray Serve's metrics API.
 
 Ray's metrics agent on each node exports them for Prometheus with a `ray_` prefix and the
-replica's `application`, `deployment` and `replica` tags (see README, "Operating Chorus").
+replica's `application`, `deployment` and `replica` tags (see docs/operations.md, "Operating
+Chorus").
 Each deployment creates its own set in `__init__`: metrics objects belong in a replica.
 """
 

@@ -8,9 +8,11 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from serve_app.config import Lane
-from serve_app.speech.audio import SUPPORTED
 
 Speed = Annotated[float, Field(ge=0.25, le=4.0)]
+# The response formats, by name (`speech.audio.FORMATS` writes each; a unit test keeps the two
+# the same): only names here, so the API's models load no audio library.
+SUPPORTED = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 # A speakable text has a letter or a number in any script (what `speech.text` checks).
 SPEAKABLE = r"[\p{L}\p{N}]"
 

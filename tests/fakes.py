@@ -14,11 +14,11 @@ import numpy as np
 from starlette.datastructures import Headers
 
 from serve_app.config import SynthesizerUserConfig
-from serve_app.errors import REPLICA_LOST
 from serve_app.model.engines.base import Engine, SynthesisItem
 from serve_app.model.profile import PROBE_IDS
 from serve_app.queue.backlog import Backlog
 from serve_app.queue.meter import Meter
+from serve_app.queue.replicas import REPLICA_LOST
 from serve_app.queue.shared import Board
 
 POISON = 108  # phoneme id of "ʒ" in the packaged voice, as in "treasure"

@@ -54,7 +54,7 @@ class FrontDoor:
                 logger.warning(
                     "HAProxy mode without chorus-haproxy: every request's peer is HAProxy, so "
                     "on an open server all clients share one fair share and one set of "
-                    "open_limits (README, The front door)"
+                    "open_limits (docs/operations.md, The front door)"
                 )
         self.active = active
         self._nodes = nodes

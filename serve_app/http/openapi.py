@@ -3,7 +3,7 @@
 answer is declared, each error with the one envelope (and Retry-After where it is sent).
 
 Routes declare their responses with `responses(...)`; `document()` adds what depends on the
-config and the loaded voices. The README's API section is checked against this document.
+config and the loaded voices. The manual's API page (docs/api.md) is checked against this document.
 """
 
 from __future__ import annotations

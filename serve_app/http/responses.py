@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,6 +20,9 @@ from serve_app.errors import (
     NotFound,
     PayloadTooLarge,
 )
+
+if TYPE_CHECKING:
+    from serve_app.metrics import IngressMetrics
 
 logger = logging.getLogger("ray.serve.chorus.http")
 
@@ -87,8 +90,9 @@ class CountRequests:
     The reason is the error's own (noted by `error_response`); "ok" below 400, "client_gone"
     when the client left before any answer (nginx's 499), "internal" otherwise."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, metrics: IngressMetrics) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -108,14 +112,12 @@ class CountRequests:
                 status = 499
             raise
         finally:
-            metrics = getattr(scope["app"].state, "metrics", None)
-            if metrics is not None:
-                route = getattr(scope.get("route"), "path", "unmatched")
-                noted = scope.get("state", {}).get("error_reason")
-                reason = "ok" if status < 400 else noted or _UNNOTED.get(status, "internal")
-                metrics.requests.inc(
-                    1, tags={"route": route, "status": str(status), "reason": reason}
-                )
+            route = getattr(scope.get("route"), "path", "unmatched")
+            noted = scope.get("state", {}).get("error_reason")
+            reason = "ok" if status < 400 else noted or _UNNOTED.get(status, "internal")
+            self.metrics.requests.inc(
+                1, tags={"route": route, "status": str(status), "reason": reason}
+            )
         return None
 
 

@@ -31,14 +31,11 @@ from serve_app.deadline import Deadline
 from serve_app.errors import Forbidden, Overloaded, RateLimited
 from serve_app.model.profile import PROBE_PHONEMES
 from serve_app.queue.backlog import Backlog, RequestWork
+from serve_app.queue.estimates import Estimates
 from serve_app.queue.keys import Client
 from serve_app.queue.shared import STALE_AFTER, SharedLimits
 
 REFUSED_WINDOW_S = 10.0  # refusals this recent spread the Retry-After of the next
-# NOTE: the speed the door assumes while no replica has measured its own (Retry-After jitter
-# and the first window's time only): about one 2-core CPU replica of the packaged voice
-# (1,154 phonemes/s measured by its probe); a GPU replica is faster, so this errs wide.
-COLD_PHONEMES_PER_S = 1000.0
 
 
 class Door:
@@ -52,6 +49,7 @@ class Door:
         self.config = config
         self.backlog = backlog
         self.meter = backlog.meter
+        self.estimates = Estimates(backlog)
         self.shared = shared  # the other ingress replicas' view of each client's limits
         self._refused: deque[float] = deque()  # when recent 503s were given
         self._rng = rng or random.Random()
@@ -97,7 +95,7 @@ class Door:
             raise RateLimited(
                 f"this client already has {cap} requests in progress, its limit",
                 code="too_many_concurrent_requests",
-                retry_after_s=self.first_finish_s(client.name),
+                retry_after_s=self.estimates.first_finish_s(client.name),
             )
         wait = client.rate_wait_s(chars)
         if wait > 0:
@@ -112,18 +110,18 @@ class Door:
     def _check_room(
         self, lane: str, phonemes: int, deadline: Deadline, client: str, loading_s: float | None
     ) -> None:
-        backlog, meter = self.backlog, self.meter
+        backlog, estimates = self.backlog, self.estimates
         if backlog.requests >= self.config.max_active_requests:
             raise self._refuse(
                 "the server is at its limit of requests in progress; retry later",
                 phonemes,
-                self.first_finish_s(),
+                estimates.first_finish_s(),
             )
-        if loading_s is not None or not meter.can_refuse():
+        if loading_s is not None or not self.meter.can_refuse():
             self._check_first_window(phonemes, deadline, loading_s)
             return
-        queue_s = meter.seconds(backlog.remaining(backlog.lanes_through(lane))) or 0.0
-        own_s = meter.seconds(phonemes) or 0.0
+        queue_s = estimates.backlog_s(lane) or 0.0
+        own_s = estimates.work_s(phonemes) or 0.0
         over = queue_s + own_s - self.config.max_backlog_s
         if queue_s > 0 and over > 0:
             raise self._refuse(
@@ -131,7 +129,7 @@ class Door:
                 phonemes,
                 min(over, queue_s),
             )
-        finish = meter.seconds(*backlog.ahead_of_new(lane, phonemes, client)) or 0.0
+        finish = estimates.new_request_s(lane, phonemes, client) or 0.0
         left = deadline.left_s()
         if finish > left:
             raise self._refuse(
@@ -154,7 +152,7 @@ class Door:
         admitted = self.backlog.remaining() + phonemes
         fits = not self.backlog.requests or admitted <= window
         bound = min(self.config.max_backlog_s, deadline.left_s())
-        if fits and wait + self._seconds(admitted) < bound:
+        if fits and wait + self.estimates.work_or_cold_s(admitted) < bound:
             return
         if loading_s is None:
             message = "the model's speed is not measured yet; retry shortly"
@@ -175,24 +173,5 @@ class Door:
         while recent and recent[0] < now - REFUSED_WINDOW_S:
             recent.popleft()
         recent.append(now)
-        jitter = self._rng.uniform(0.0, len(recent) * self._seconds(phonemes))
+        jitter = self._rng.uniform(0.0, len(recent) * self.estimates.work_or_cold_s(phonemes))
         return Overloaded(message, code=code, retry_after_s=(after_s or 0.0) + jitter)
-
-    def _seconds(self, phonemes: int) -> float:
-        """How long `phonemes` of work take at the current rate (assumed, before any)."""
-        seconds = self.meter.seconds(phonemes)
-        return phonemes / COLD_PHONEMES_PER_S if seconds is None else seconds
-
-    def first_finish_s(self, client: str | None = None) -> float | None:
-        """When one request in progress (of `client`) should finish: a key's requests go in
-        arrival order, and the keys with work share the model."""
-        active = self.backlog.active
-        works = [w for w in active if client is None or w.client == client]
-        if not works:
-            return None
-        keys = len({w.client for w in active})
-        return self.meter.seconds(min(w.remaining() for w in works) * keys)
-
-    def retry_after_s(self) -> float | None:
-        """When the model replicas' queues should have room again (for a BackPressureError)."""
-        return self.meter.seconds(self.backlog.state().phonemes)

@@ -124,7 +124,7 @@ class KeyStore:
     def __init__(self, config: AppConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self._clock = clock
-        self.open = config.open_api
+        self.open = config.keyless
         self.trusted_proxies = config.proxy_networks
         self._clients: OrderedDict[str, Client] = OrderedDict()  # least recently seen first
         self._by_hash: dict[str, ApiKey] = {}

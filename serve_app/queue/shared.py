@@ -55,7 +55,7 @@ class Usage:
 
 
 @dataclass
-class Answer:
+class BoardAnswer:
     replicas: int  # ingress replicas reporting
     shares: dict[str, float]  # this replica's share of each client's rate and burst
     elsewhere: dict[str, int]  # each client's requests in progress at other replicas
@@ -75,7 +75,7 @@ class Board:
 
     def report(
         self, replica: str, usage: dict[str, Usage], service: dict[str, Service] | None = None
-    ) -> Answer:
+    ) -> BoardAnswer:
         now = self._clock()
         self._reports[replica] = (now, usage)
         horizon = now - FORGET_AFTER * self.every_s
@@ -96,7 +96,7 @@ class Board:
             floor = max(FLOOR * total / live, 1e-9)
             shares[name] = (mine.asked_per_s + floor) / (total + floor * live)
             elsewhere[name] = sum(u.in_progress for u in theirs)
-        return Answer(live, shares, elsewhere, dict(self._boosts.boosts))
+        return BoardAnswer(live, shares, elsewhere, dict(self._boosts.boosts))
 
     def snapshot(self) -> dict[str, Any]:
         """Replicas reporting and their clients' usage (for operators and tests)."""
@@ -106,7 +106,7 @@ class Board:
 class BoardHandle(Protocol):
     async def report(
         self, replica: str, usage: dict[str, Usage], service: dict[str, Service]
-    ) -> Answer: ...
+    ) -> BoardAnswer: ...
 
 
 class RayBoard:
@@ -118,7 +118,7 @@ class RayBoard:
 
     async def report(
         self, replica: str, usage: dict[str, Usage], service: dict[str, Service]
-    ) -> Answer:
+    ) -> BoardAnswer:
         if self._actor is None:
             # NOTE: no CPU reserved, so it is placed even on a full node; owned by the replica
             # that made it, so it goes with the app (and is made again if that replica goes).

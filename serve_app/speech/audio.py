@@ -3,7 +3,8 @@
 One writer per response owns its format: raw pcm and streamed wav are written here, wav and
 flac files by soundfile (libsndfile), and mp3, opus and aac by FFmpeg's encoders through PyAV,
 muxed into a sink that only ever appends, so nothing is patched after it was sent. Measured
-CPU cost per audio-second of each: README, "Encoding cost" (`load_tests.bench_encoders`).
+CPU cost per audio-second of each: docs/performance.md, "Encoding cost"
+(`load_tests.bench_encoders`).
 """
 
 from __future__ import annotations

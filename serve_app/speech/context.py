@@ -4,16 +4,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from serve_app.config import AppConfig
 from serve_app.deadline import Deadline
 from serve_app.errors import BadRequest
+from serve_app.model.voices import Speaker, VoiceInfo, VoiceLoadError, load_voices
 from serve_app.protocol import SpeechRequest
-from serve_app.queue.backlog import RequestWork
 from serve_app.speech import audio
 from serve_app.speech.ordering import Voicing
 from serve_app.speech.text import TextError, TextFrontend
-from serve_app.speech.voices import Speaker, VoiceInfo, VoiceLoadError, load_voices
+
+if TYPE_CHECKING:  # the admitted request's work, set by the door
+    from serve_app.queue.backlog import RequestWork
 
 
 @dataclass(frozen=True)

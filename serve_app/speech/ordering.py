@@ -17,9 +17,9 @@ import numpy as np
 
 from serve_app.deadline import Deadline
 from serve_app.model.engines.base import SynthesisItem, Synthesized
+from serve_app.model.voices import Speaker, VoiceInfo
 from serve_app.speech import audio
 from serve_app.speech.text import Sentence
-from serve_app.speech.voices import Speaker, VoiceInfo
 
 # submit(item) -> an awaitable with .cancel(), e.g. a Ray Serve DeploymentResponse.
 Submit = Callable[[SynthesisItem], Any]

@@ -25,14 +25,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serve_app.config import AppConfig
-from serve_app.errors import ChorusError, classify
+from serve_app.errors import ChorusError
 from serve_app.metrics import IngressMetrics
-from serve_app.model.readiness import Readiness
-from serve_app.model.replicas import ModelReplicas
 from serve_app.protocol import SentenceTiming, SpeechWithTimings
 from serve_app.queue.door import Door
 from serve_app.queue.keys import Client
 from serve_app.queue.meter import PROFILE_FRESH_S, rounded
+from serve_app.queue.readiness import Readiness
+from serve_app.queue.replicas import ModelReplicas, classify
 from serve_app.speech import audio
 from serve_app.speech.context import Catalogue, RequestContext, SpeechCall, plan, unspeakable
 from serve_app.speech.ordering import Spoken, ordered_audio, paced, render, spoken
@@ -193,11 +193,11 @@ class SpeechService:
         return {
             "position": ahead.items,
             "phonemes_ahead": ahead.phonemes,
-            "estimated_start_s": rounded(self.door.meter.seconds(ahead.phonemes)),
+            "estimated_start_s": rounded(self.door.estimates.work_s(ahead.phonemes)),
         }
 
     def error(self, exc: Exception) -> ChorusError:
-        return classify(exc, self.door.retry_after_s())
+        return classify(exc, self.door.estimates.room_s())
 
     def stream_error(self, exc: Exception) -> ChorusError:
         """A failure after a stream's 200 went out: counted, then told in-band."""

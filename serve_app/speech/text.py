@@ -13,7 +13,7 @@ import unicodedata
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from serve_app.speech.voices import VoiceInfo
+from serve_app.model.voices import VoiceInfo
 
 # Not said aloud: punctuation the phonemizer passes through, and the id map's specials.
 _SILENT_PHONEMES = frozenset(" !'(),-.:;?\"_^$")

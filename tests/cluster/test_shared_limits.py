@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(240)
 
 RATE = 4.0  # requests/s the capped key may send, across the cluster
 BURST = 4
-TOLERANCE = 0.15  # over the limit at most, as a share of the rate (README, "Limits")
+TOLERANCE = 0.15  # over the limit at most, a share of the rate (docs/keys-and-limits.md, Limits)
 SECONDS = 12.0
 KEYS = {name: f"cluster-test-key-{name}-0123456789" for name in ("capped", "heavy", "light")}
 APP = {

@@ -87,7 +87,7 @@ def test_a_burst_at_a_cold_server_and_after_a_config_change_is_admitted_honestly
         handle = serve.get_deployment_handle("Synthesizer", app_name="cold")
         handle.reconfigure.remote({**fast, "decoder_dtype": "float32"}).result(timeout_s=60)
         slower = check(asyncio.run(burst(url)), BATCH_S)
-    print(f"cold: {cold}; after the change: {slower}")  # with -s: the figures in the README
+    print(f"cold: {cold}; after the change: {slower}")  # with -s: docs/keys-and-limits.md's figures
     assert cold["admitted"] >= 1.5 * slower["admitted"], (cold, slower)
 
 

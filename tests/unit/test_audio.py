@@ -102,3 +102,10 @@ def test_flac_is_sent_whole_at_the_end() -> None:
     body, chunks = stream("flac", RATE)
     assert chunks[:-1] == [b""] * len(PIECES)
     assert np.array_equal(decode(body)[0], decode(whole("flac", RATE))[0])
+
+
+def test_the_api_names_every_format_the_server_writes() -> None:
+    from serve_app import protocol
+    from serve_app.speech import audio
+
+    assert tuple(audio.FORMATS) == protocol.SUPPORTED

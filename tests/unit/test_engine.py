@@ -16,8 +16,8 @@ from serve_app.model.engines.base import SynthesisItem
 from serve_app.model.engines.piper import PiperEngine
 from serve_app.model.engines.precision import snr_db
 from serve_app.model.engines.vits import read_onnx_voice
+from serve_app.model.voices import VoiceInfo, VoiceLoadError
 from serve_app.speech.text import TextFrontend
-from serve_app.speech.voices import VoiceInfo, VoiceLoadError
 from tests.helpers import TEXTS
 from tests.voices import SPEAKERS, export_multispeaker_voice
 

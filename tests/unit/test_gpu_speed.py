@@ -13,8 +13,8 @@ from load_tests.gpu_speed import HOP, GpuSpeedEngine
 from serve_app.config import VoiceSource
 from serve_app.model.engines.base import SynthesisItem
 from serve_app.model.engines.piper import PiperEngine
+from serve_app.model.voices import VoiceInfo
 from serve_app.speech.text import TextFrontend
-from serve_app.speech.voices import VoiceInfo
 from tests.helpers import TEXTS
 
 pytestmark = pytest.mark.timeout(120)

@@ -14,9 +14,9 @@ from ray.exceptions import ActorDiedError, NodeDiedError, WorkerCrashedError
 from ray.serve.config import AutoscalingConfig
 
 from serve_app.autoscaling import scale_on_items
-from serve_app.errors import ItemTooLarge, Overloaded, PayloadTooLarge, classify
+from serve_app.errors import ItemTooLarge, Overloaded, PayloadTooLarge
 from serve_app.model.engines.base import Synthesized, is_out_of_memory
-from serve_app.model.replicas import ModelReplicas
+from serve_app.queue.replicas import ModelReplicas, classify
 from tests.fakes import Clock, Handle, Response, item
 
 pytestmark = pytest.mark.timeout(30)

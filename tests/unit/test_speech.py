@@ -10,9 +10,9 @@ import pytest
 from serve_app.deadline import Deadline
 from serve_app.errors import DeadlineExceeded
 from serve_app.model.engines.base import Synthesized
+from serve_app.model.voices import VoiceInfo
 from serve_app.speech.ordering import Voicing, item_seed, ordered_audio, paced, spoken
 from serve_app.speech.text import Sentence
-from serve_app.speech.voices import VoiceInfo
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -12,9 +12,9 @@ from piper.phoneme_ids import phonemes_to_ids
 from piper.phonemize_espeak import EspeakPhonemizer
 
 from serve_app.config import VoiceSource
+from serve_app.model.voices import VoiceInfo
 from serve_app.protocol import SPEAKABLE
 from serve_app.speech.text import TextError, TextFrontend, is_speakable, normalize, split_sentences
-from serve_app.speech.voices import VoiceInfo
 
 pytestmark = pytest.mark.timeout(60)
 

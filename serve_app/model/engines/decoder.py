@@ -1,8 +1,8 @@
 """HiFi-GAN decoder rebuilt from piper's Generator with 2-D convolutions on (N, C, 1, T).
 
 On CPU, oneDNN runs channels-last 2-D convolutions much faster than the 1-D ones it replaces
-(see README, Performance). With a `mask`, padding never leaks into an item: every layer's
-input is zero past the item's end, exactly as for the item decoded alone.
+(see docs/performance.md). With a `mask`, padding never leaks into an item: every layer's input
+is zero past the item's end, exactly as for the item decoded alone.
 
 The forward pass takes tensors only (no Python-side padding object), so `torch.compile`
 traces it whole; `DecoderRunner` picks eager or compiled, and the precision.

@@ -4,7 +4,7 @@ A sentence goes through two stages. The phoneme stage (text encoder, duration pr
 decides how many frames each phoneme lasts; the frame stage (alignment, flow, decoder) makes
 the audio. On a GPU each stage runs on length-sorted groups of the batch, planned again once
 the frame counts are known, so padding stays low where most of the work is. On CPU each item
-runs alone (padded batches are slower there; see README, Performance).
+runs alone (padded batches are slower there; see docs/performance.md, Performance).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from serve_app.model.engines.decoder import DTYPES, Decoder2d, DecoderRunner, fr
 from serve_app.model.engines.grouping import plan_groups
 from serve_app.model.engines.noise import gaussian
 from serve_app.model.engines.vits import build_vits, read_onnx_voice
-from serve_app.speech.voices import VoiceInfo, VoiceLoadError
+from serve_app.model.voices import VoiceInfo, VoiceLoadError
 
 logger = logging.getLogger("ray.serve.chorus.engine")
 
@@ -162,7 +162,7 @@ class VitsVoice:
 class PiperEngine(Engine):
     """All configured Piper voices, one replica's worth.
 
-    Batch policy by device (measured, see README): on CPU each item runs through the model
+    Batch policy by device (measured, docs/performance.md): on CPU each item runs through the model
     alone (padded batches are slower there, and solo runs are bit-exact); on a GPU both stages
     run on length-sorted groups (`plan_groups`), each within a frame budget.
     """

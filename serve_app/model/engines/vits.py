@@ -15,7 +15,7 @@ import torch
 from onnx import numpy_helper
 from piper.train.vits.models import SynthesizerTrn
 
-from serve_app.speech.voices import VoiceLoadError
+from serve_app.model.voices import VoiceLoadError
 
 # Parts of SynthesizerTrn that inference never runs (posterior encoder, SDP training flows).
 _TRAINING_ONLY = ("enc_q.", "dp.post_", "dp.flows.1.")

@@ -1,7 +1,8 @@
 """The ingress's view of the model replicas: sends sentence items (those sent in the same turn
 of the event loop packed into one handle call), sends an item again when its replica died,
-counts the replicas that answer lately, and passes on each replica's speed profile (asked for
-once before the first request, then carried by every answer)."""
+counts the replicas that answer lately (no more than Serve has running), passes on each
+replica's speed profile (asked for once before the first request, then carried by every
+answer), and says what a failure there tells the client (`classify`)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,34 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from serve_app.errors import REPLICA_LOST
+from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
+from ray.exceptions import OutOfMemoryError as WorkerKilledForMemory
+from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
+
+from serve_app.errors import (
+    ChorusError,
+    ItemTooLarge,
+    Overloaded,
+    PayloadTooLarge,
+    ReplicaUnavailable,
+    SynthesisError,
+    SynthesisFailed,
+)
 from serve_app.model.engines.base import SynthesisItem, Synthesized
 from serve_app.model.profile import SpeedProfile
 
 logger = logging.getLogger("ray.serve.chorus.replicas")
+
+# A model replica (or its node) went away before answering: the item never finished. Sentence
+# items are idempotent (same seed, same samples), so the ingress sends them again; once it
+# stops retrying, the client hears "replica unavailable".
+REPLICA_LOST = (
+    RayActorError,
+    WorkerCrashedError,
+    NodeDiedError,
+    ReplicaUnavailableError,
+    WorkerKilledForMemory,
+)
 
 PROFILE_TIMEOUT_S = 10.0
 
@@ -193,3 +217,29 @@ class _Pack:
         if self.response is not None and all(a.done() for a in self.answers):
             self.cancelled = True
             self.response.cancel()
+
+
+def classify(exc: Exception, retry_after_s: float | None = None) -> ChorusError:
+    """What the client is told about a failure while its sentences were being synthesized;
+    `retry_after_s` is the server's estimate of when the queue will have room."""
+    if isinstance(exc, ChorusError):
+        return exc
+    if isinstance(exc, BackPressureError):
+        return Overloaded(
+            "the model replicas' queues are full; retry shortly", retry_after_s=retry_after_s
+        )
+    if isinstance(exc, ItemTooLarge):
+        return PayloadTooLarge(
+            "a sentence of this input needs more model memory than a replica has; "
+            "split it into shorter sentences",
+            param="input",
+            code="sentence_too_large",
+        )
+    if isinstance(exc, SynthesisError):
+        return SynthesisFailed(f"synthesis failed: {exc.args[0] if exc.args else exc}")
+    if isinstance(exc, REPLICA_LOST):
+        return ReplicaUnavailable(
+            "a model replica became unavailable; retry shortly", retry_after_s=retry_after_s
+        )
+    logger.error("Unexpected failure during synthesis", exc_info=exc)
+    return ChorusError("internal server error")

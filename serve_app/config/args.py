@@ -1,26 +1,17 @@
-"""App arguments and replica user_config: validated, documented.
-
-This is the one module of the app that reads environment variables (`serve_app.haproxy`, a
-command Serve runs before HAProxy, reads the one it is run by: it keeps its imports light).
-"""
+"""The app's arguments (the `args:` of a serve config): voices, limits, admission, timeouts."""
 
 from __future__ import annotations
 
-import difflib
-import hashlib
 import importlib
 import ipaddress
-import logging
-import os
 import re
-import sysconfig
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-logger = logging.getLogger("ray.serve.chorus.config")
+from serve_app.config.base import LANE_NAMES, VOICE_ID_PATTERN, Lane, _Strict
+from serve_app.config.keys import UNLIMITED, ApiKey, Limits
 
 DEFAULT_VOICE_ID = "en_US-joe-medium"
 # OpenAI's built-in voice names; each is accepted as an alias of a real voice.
@@ -39,34 +30,6 @@ OPENAI_VOICES = (
     "shimmer",
     "verse",
 )
-VOICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-
-# Priority lanes, most urgent first. Under contention interactive work goes first; batch work
-# keeps a guaranteed share of model time (batch_lane_share), so it never starves.
-Lane = Literal["interactive", "batch"]
-LANE_NAMES: tuple[str, ...] = get_args(Lane)
-
-
-class _Strict(BaseModel):
-    """Base model that refuses unknown keys, naming the closest known one: a typo in a serve
-    config fails the deploy instead of silently running with a default."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            known = set(cls.model_fields)
-            for key in data:
-                if isinstance(key, str) and key not in known:
-                    close = difflib.get_close_matches(key, sorted(known), n=1)
-                    hint = f" (did you mean {close[0]!r}?)" if close else ""
-                    raise ValueError(
-                        f"unknown {cls.__name__} key {key!r}{hint}; known keys: "
-                        f"{', '.join(sorted(known))}"
-                    )
-        return data
 
 
 class VoiceSource(_Strict):
@@ -96,67 +59,6 @@ class VoiceSource(_Strict):
             return Path(module.model_path()), Path(module.config_path())
         assert self.model_path is not None
         return self.model_path, self.config_path or Path(f"{self.model_path}.json")
-
-
-class Limits(_Strict):
-    """What one API key may do. A limit set to null is off."""
-
-    requests_per_s: float | None = Field(
-        5.0, gt=0, description="Sustained speech requests per second (token bucket)."
-    )
-    requests_burst: int = Field(20, ge=1, description="Requests allowed at once after a pause.")
-    chars_per_s: float | None = Field(
-        2000.0, gt=0, description="Sustained input characters per second (token bucket)."
-    )
-    chars_burst: int = Field(
-        16384, ge=1, description="Characters allowed at once; at least max_input_chars."
-    )
-    max_concurrent: int | None = Field(
-        16, ge=1, description="Speech requests (streams included) in progress at once."
-    )
-
-    @property
-    def on(self) -> bool:
-        """Whether any limit is set."""
-        return any(
-            v is not None for v in (self.requests_per_s, self.chars_per_s, self.max_concurrent)
-        )
-
-
-UNLIMITED = {"requests_per_s": None, "chars_per_s": None, "max_concurrent": None}
-
-
-class ApiKey(_Strict):
-    """One API key. Give its SHA-256 (`python -m serve_app.queue.keys new` makes a key and its
-    hash); a plain `key` is hashed when the config is read and never kept."""
-
-    name: str = Field(
-        pattern=VOICE_ID_PATTERN, description="Who holds it; logs and metrics show this name."
-    )
-    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of key.")
-    key: str | None = Field(None, min_length=16, repr=False, description="The key itself.")
-    lanes: list[Lane] = Field(
-        default_factory=lambda: list(LANE_NAMES), min_length=1, description="Lanes it may use."
-    )
-    default_lane: Lane | None = Field(None, description="Its lane when a request names none.")
-    weight: float = Field(
-        1.0, gt=0, le=1000, description="Its share of model time against other busy keys."
-    )
-    limits: Limits | None = Field(None, description="Its own limits instead of key_limits.")
-
-    @model_validator(mode="after")
-    def _hash_it(self) -> ApiKey:
-        if (self.sha256 is None) == (self.key is None):
-            raise ValueError(f"API key {self.name!r}: give exactly one of 'sha256' or 'key'")
-        if self.key is not None:
-            self.sha256, self.key = hash_key(self.key), None
-        if self.default_lane is not None and self.default_lane not in self.lanes:
-            raise ValueError(f"API key {self.name!r}: default_lane is not one of its lanes")
-        return self
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 class AppConfig(_Strict):
@@ -364,14 +266,14 @@ class AppConfig(_Strict):
         return openai | self.voice_aliases
 
     @property
-    def open_api(self) -> bool:
+    def keyless(self) -> bool:
         """No API keys: every client address may call."""
         return not self.api_keys and self.api_keys_file is None
 
     @property
     def has_limits(self) -> bool:
         """Whether any client can have a limit (with keys, a keys file may add some)."""
-        return not self.open_api or self.open_limits.on
+        return not self.keyless or self.open_limits.on
 
     @property
     def proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -400,124 +302,6 @@ class AppConfig(_Strict):
                 f"chars_burst {limits.chars_burst} is below max_input_chars "
                 f"{self.max_input_chars}: the longest input could never pass"
             )
-
-
-class SynthesizerUserConfig(_Strict):
-    """The synthesizer's `user_config`: a `serve deploy` that changes it applies in place."""
-
-    max_batch_size: int | None = Field(
-        None,
-        ge=1,
-        le=256,
-        description="Sentence items per batch. Default: 1 on CPU (items run one by one there, "
-        "and a batch would hold back its first items' audio), 64 on GPU (see README).",
-    )
-    batch_wait_timeout_s: float = Field(
-        0.005, ge=0, le=1.0, description="How long a batch waits to fill before it runs."
-    )
-    max_batch_frames: int | None = Field(
-        None,
-        ge=500,
-        description="GPU: padded frames (256 samples each) one group of a batch may have. "
-        "Default: measured at start from the memory a frame needs and the free GPU memory.",
-    )
-    decoder_dtype: Literal["float32", "float16", "bfloat16"] = Field(
-        "float32",
-        description="Precision of the decoder (durations are always decided in float32). "
-        "A half precision that drifts below 35 dB SNR against float32 on a start-up check "
-        "is refused: the replica keeps float32 and logs why.",
-    )
-    decoder_compile: Literal["auto", "on", "off"] = Field(
-        "auto",
-        description="torch.compile the decoder (fused elementwise kernels); auto: on GPU "
-        "only. Compiled at start (tens of seconds, logged); eager if compiling fails.",
-    )
-    stall_timeout_s: float = Field(
-        120.0,
-        gt=0,
-        description="A batch still running after this long fails the replica's health check, "
-        "so Serve replaces the replica (its items are retried on another one).",
-    )
-
-    def compiles_decoder(self, device_type: str) -> bool:
-        if self.decoder_compile == "auto":
-            return device_type == "cuda"
-        return self.decoder_compile == "on"
-
-
-def env(name: str, default: str | None = None) -> str | None:
-    """Read a CHORUS_* environment variable (the only place the code reads the environment)."""
-    return os.environ.get(f"CHORUS_{name}", default)
-
-
-# Serve's front door (README, "The front door"): HAProxy with direct ingress, the ingress
-# replicas taking HTTP themselves ("haproxy"), or Serve's Python proxy ("proxy").
-FrontDoorKind = Literal["haproxy", "proxy"]
-HAPROXY_SWITCH = "RAY_SERVE_ENABLE_HA_PROXY"
-HAPROXY_BINARY = "RAY_SERVE_HAPROXY_BINARY_PATH"
-CHORUS_HAPROXY = "chorus-haproxy"  # serve_app/haproxy.py, a console script of this package
-
-
-def front_door(environ: Mapping[str, str] = os.environ) -> FrontDoorKind:
-    """The front door a Ray node with `environ` runs (read by Serve as Ray starts)."""
-    return "haproxy" if environ.get(HAPROXY_SWITCH) == "1" else "proxy"
-
-
-def haproxy_adds_peer() -> bool:
-    """Whether Serve's HAProxy here is run through chorus-haproxy, which has it append the
-    address it saw to X-Forwarded-For."""
-    return Path(os.environ.get(HAPROXY_BINARY, "")).name == CHORUS_HAPROXY
-
-
-# Settings of Ray and of Serve's front door that Chorus needs on every node, and how each gets
-# there. The first travels with the app (its serve configs' `runtime_env.env_vars`, which
-# Ray applies to every replica it starts); the others are read by Serve's controller and
-# proxy, which the app does not start: they must be in the environment of `ray start` (the
-# image sets them; `make serve` and the tests too).
-NODE_SETTINGS = {
-    "RAY_max_direct_call_object_size": (
-        "4000000",
-        "a sentence's audio then returns inline, not through the object store (README, "
-        "Sizing); set by the serve configs' runtime_env",
-    ),
-    "FORWARDED_ALLOW_IPS": (
-        "",
-        "Serve's proxy (and, in HAProxy mode, the ingress replicas' own HTTP servers) then "
-        "believe X-Forwarded-For from no one, and trusted_proxies alone names the client "
-        "(README, Security); set it where `ray start` runs",
-    ),
-    HAPROXY_SWITCH: (
-        "1",
-        "Serve's front door is then HAProxy, the ingress replicas taking HTTP directly "
-        "(README, The front door; 0: Serve's Python proxy); set it where `ray start` runs",
-    ),
-    HAPROXY_BINARY: (
-        str(Path(sysconfig.get_path("scripts")) / CHORUS_HAPROXY),
-        "Serve's HAProxy then runs through chorus-haproxy, which adds the client's address "
-        "to what it forwards: without it every request's client is HAProxy, one fair share "
-        "and one set of open_limits for all (README, The front door); set it where "
-        "`ray start` runs",
-    ),
-}
-
-
-def unset_node_settings() -> list[str]:
-    """Warnings for the NODE_SETTINGS this process runs without (one line each); the HAProxy
-    binary matters only in HAProxy mode."""
-    return [
-        f"{name} is not set (want {value!r}): {why}"
-        for name, (value, why) in NODE_SETTINGS.items()
-        if name not in os.environ and (name != HAPROXY_BINARY or front_door() == "haproxy")
-    ]
-
-
-def configure_logging() -> None:
-    """Set Chorus's log level from CHORUS_LOG_LEVEL (default INFO).
-
-    NOTE: Chorus logs under "ray.serve" so that replicas write its lines with Serve's handler,
-    request ids included.
-    """
-    logging.getLogger("ray.serve.chorus").setLevel((env("LOG_LEVEL", "INFO") or "INFO").upper())
 
 
 def parse_app_args(args: dict[str, Any] | None) -> AppConfig:
