@@ -6,21 +6,26 @@ BIN := $(VENV)/bin
 SERVING := $(VENV)/.installed-serving
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint bench browser promtool image image-check gpu-bundle gpu-check
+.PHONY: serve test docs lint bench browser promtool image image-check gpu-bundle gpu-check
 # `serve run` on a Ray whose node address is 127.0.0.1, with the settings every node needs
-# (serve_app/local.py; serve_app/config.py, NODE_SETTINGS).
+# (serve_app/local.py; serve_app/config/node.py, NODE_SETTINGS).
 serve: $(SERVING)  ## the server with the packaged voice on http://127.0.0.1:8000
 	$(BIN)/python -m serve_app.local deploy/serve_config.yaml
 
 # Every test behind the default front door (HAProxy mode), then the promises marked
-# `front_door` behind the other, Serve's proxy (README, "The front door").
+# `front_door` behind the other, Serve's proxy (docs/operations.md, "The front door").
 OTHER_FRONT_DOOR := RAY_SERVE_ENABLE_HA_PROXY=0
-test: $(STAMP) browser promtool  ## lint, then every test (the cluster tests start a Ray cluster of their own)
+test: $(STAMP) browser promtool  ## lint and the layers, then every test (the cluster tests start a Ray cluster of their own)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports  # the layers (pyproject.toml, [tool.importlinter])
 	$(BIN)/python -m pytest
 	$(BIN)/python -m pytest tests/cluster
 	$(OTHER_FRONT_DOOR) $(BIN)/python -m pytest -m front_door tests/integration
 	$(OTHER_FRONT_DOOR) $(BIN)/python -m pytest -m front_door tests/cluster
+
+docs: $(STAMP)  ## the manual (docs/) as a site, into site/ (MkDocs, strict: no broken link)
+	$(BIN)/python -m serve_app.config.reference --write docs/configuration.md
+	$(BIN)/mkdocs build --strict
 
 bench: $(STAMP)  ## the comparison with peers, then engine, encoders, serving layer, server, streaming, playback stalls, admission, a burst at cold start, scale-out
 	$(BIN)/python -m load_tests.compare

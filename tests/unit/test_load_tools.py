@@ -120,3 +120,15 @@ def test_a_free_port_is_one_no_outgoing_connection_can_take_first() -> None:
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", ports[0]))  # and free indeed
+
+
+def test_every_benchmark_runs_from_the_one_entry_point_and_is_listed() -> None:
+    from pathlib import Path
+
+    from load_tests.__main__ import BENCHMARKS
+
+    here = Path(__file__).resolve().parents[2] / "load_tests"
+    runnable = {p.stem for p in here.glob("bench_*.py")} | {"compare"}
+    assert set(BENCHMARKS) == runnable
+    listed = (here / "README.md").read_text()
+    assert all(f"| `{name}` |" in listed for name in BENCHMARKS)
