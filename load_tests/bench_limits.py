@@ -25,8 +25,8 @@ from load_tests.gpu_speed import GpuSpeedEngine
 from load_tests.load import offered
 from load_tests.local import running_chorus
 from serve_app.app import bind_app
+from serve_app.clients import KeyStore
 from serve_app.config import AppConfig
-from serve_app.queue.keys import KeyStore
 from serve_app.queue.shared import Board, Usage
 
 KEY = "bench-limits-key-0123456789abcdef"

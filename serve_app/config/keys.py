@@ -38,7 +38,7 @@ UNLIMITED = {"requests_per_s": None, "chars_per_s": None, "max_concurrent": None
 
 
 class ApiKey(_Strict):
-    """One API key. Give its SHA-256 (`python -m serve_app.queue.keys new` makes a key and its
+    """One API key. Give its SHA-256 (`python -m serve_app.clients new` makes a key and its
     hash); a plain `key` is hashed when the config is read and never kept."""
 
     name: str = Field(

@@ -16,13 +16,13 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serve_app.clients import KeyStore
 from serve_app.config import AppConfig, configure_logging, unset_node_settings
 from serve_app.http import routes
 from serve_app.http.front_door import FrontDoor
 from serve_app.metrics import IngressMetrics
 from serve_app.queue.backlog import Backlog
 from serve_app.queue.door import Door
-from serve_app.queue.keys import KeyStore
 from serve_app.queue.meter import Meter
 from serve_app.queue.readiness import Readiness
 from serve_app.queue.replicas import ModelReplicas

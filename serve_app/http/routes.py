@@ -12,6 +12,7 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
+from serve_app.clients import Client
 from serve_app.errors import NotFound
 from serve_app.http import openapi, playground
 from serve_app.http.openapi import SPEECH_BODY, SPEECH_RESPONSES, responses
@@ -28,7 +29,6 @@ from serve_app.protocol import (
     VoiceCard,
     VoiceList,
 )
-from serve_app.queue.keys import Client
 from serve_app.queue.meter import rounded
 from serve_app.speech.pipeline import Answer
 

@@ -26,13 +26,13 @@ from __future__ import annotations
 import random
 from collections import deque
 
+from serve_app.clients import Client
 from serve_app.config import AppConfig
 from serve_app.deadline import Deadline
 from serve_app.errors import Forbidden, Overloaded, RateLimited
 from serve_app.model.profile import PROBE_PHONEMES
 from serve_app.queue.backlog import Backlog, RequestWork
 from serve_app.queue.estimates import Estimates
-from serve_app.queue.keys import Client
 from serve_app.queue.shared import STALE_AFTER, SharedLimits
 
 REFUSED_WINDOW_S = 10.0  # refusals this recent spread the Retry-After of the next

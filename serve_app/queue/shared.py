@@ -33,8 +33,8 @@ from typing import Any, Protocol
 
 import ray
 
+from serve_app.clients import KeyStore
 from serve_app.queue.boosts import Boosts, Service
-from serve_app.queue.keys import KeyStore
 
 logger = logging.getLogger("ray.serve.chorus.shared")
 

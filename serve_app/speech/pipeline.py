@@ -24,12 +24,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from serve_app.clients import Client
 from serve_app.config import AppConfig
 from serve_app.errors import ChorusError
 from serve_app.metrics import IngressMetrics
 from serve_app.protocol import SentenceTiming, SpeechWithTimings
 from serve_app.queue.door import Door
-from serve_app.queue.keys import Client
 from serve_app.queue.meter import PROFILE_FRESH_S, rounded
 from serve_app.queue.readiness import Readiness
 from serve_app.queue.replicas import ModelReplicas, classify

@@ -8,13 +8,13 @@ import random
 import pytest
 import yaml
 
+from serve_app.clients import KeyStore, TokenBucket, main
 from serve_app.config import AppConfig, hash_key
 from serve_app.deadline import Deadline
 from serve_app.errors import Forbidden, Overloaded, RateLimited, Unauthorized
 from serve_app.queue.backlog import Backlog
 from serve_app.queue.door import Door
 from serve_app.queue.estimates import COLD_PHONEMES_PER_S
-from serve_app.queue.keys import KeyStore, TokenBucket, main
 from serve_app.queue.readiness import LATE_S, WATCH_S, Readiness
 from tests.fakes import Clock, Replica, item, make_backlog
 

@@ -8,9 +8,9 @@ from collections import Counter
 
 import pytest
 
+from serve_app.clients import KeyStore
 from serve_app.config import AppConfig
 from serve_app.queue.boosts import MAX_BOOST, Boosts, Service
-from serve_app.queue.keys import KeyStore
 from serve_app.queue.shared import SharedLimits
 from tests.fakes import Clock, FlakyBoard, Replica, item, make_backlog, settle
 

@@ -8,12 +8,12 @@ import random
 
 import pytest
 
+from serve_app.clients import MAX_CLIENTS, KeyStore
 from serve_app.config import AppConfig
 from serve_app.deadline import Deadline
 from serve_app.errors import Overloaded, RateLimited
 from serve_app.http.requests import client_address
 from serve_app.queue.door import Door
-from serve_app.queue.keys import MAX_CLIENTS, KeyStore
 from serve_app.queue.readiness import Readiness
 from serve_app.queue.shared import STALE_AFTER, Board, SharedLimits, Usage
 from tests.fakes import Clock, FakeRequest, FlakyBoard, Replica, make_backlog

@@ -2,7 +2,7 @@
 
 With API keys, a client is a key's holder. Keys are kept only as SHA-256 digests; a presented
 key is hashed and looked up, so neither the config nor memory nor any log line holds a key.
-`python -m serve_app.queue.keys new NAME` makes a key and prints the config entry for it.
+`python -m serve_app.clients new NAME` makes a key and prints the config entry for it.
 On an open server (no keys) a client is a client address (`http.requests.client_address`),
 with `open_limits`: each address has its own fair share and, if set, its own limits.
 
@@ -225,7 +225,7 @@ def bearer(headers: Mapping[str, str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m serve_app.queue.keys", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m serve_app.clients", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     new = sub.add_parser("new", help="make a random key; print it and its config entry")
     new.add_argument("name")
