@@ -20,6 +20,12 @@ TEXTS = [
 ]
 
 
+def speech_body(input: str, **fields: object) -> dict:  # noqa: A002 - the API's own name
+    """A speech request's JSON body: `input` in OpenAI's `tts-1` model and voice `alloy`, and
+    `fields` (which may name another voice or model)."""
+    return {"model": "tts-1", "voice": "alloy", "input": input, **fields}
+
+
 def decode(body: bytes) -> tuple[np.ndarray, int]:
     """Samples and rate of an encoded audio file: libsndfile's decoders, or FFmpeg's (PyAV)
     for what libsndfile cannot read (aac)."""
@@ -74,12 +80,7 @@ async def race(
                 text = f"Request {n} of {group}."
                 r = await c.post(
                     "/v1/audio/speech",
-                    json={
-                        "model": "tts-1",
-                        "voice": "alloy",
-                        "input": text,
-                        "response_format": "pcm",
-                    },
+                    json=speech_body(text, response_format="pcm"),
                     headers=headers,
                 )
                 assert r.status_code == 200, r.text

@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from load_tests.local import RAY_ENV, free_port
+from tests.helpers import speech_body
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVE = str(Path(sys.executable).with_name("serve"))
@@ -169,7 +170,7 @@ class Load:
             await asyncio.gather(*(self._client(client, n) for n in range(self.clients)))
 
     async def _client(self, client: httpx.AsyncClient, n: int) -> None:
-        body = {"model": "tts-1", "voice": "alloy", "input": self.text, "response_format": "wav"}
+        body = speech_body(self.text, response_format="wav")
         body["stream_format"] = "file"  # whole answers: a cut-off one shows as -1
         while not self._stop.is_set():
             try:

@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from load_tests.local import free_port
+from tests.helpers import speech_body
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -163,12 +164,7 @@ def test_docker_run_with_no_command_serves_speech_and_stops_at_once(image: str) 
         wait_for(f"{url}/readyz", 300)
         r = httpx.post(
             f"{url}/v1/audio/speech",
-            json={
-                "model": "tts-1",
-                "voice": "alloy",
-                "input": "The image speaks.",
-                "response_format": "wav",
-            },
+            json=speech_body("The image speaks.", response_format="wav"),
             timeout=60,
         )
         assert r.status_code == 200 and r.headers["content-type"] == "audio/wav", r.text[:300]

@@ -17,6 +17,7 @@ from load_tests.local import deploy_args, free_port, running_chorus
 from serve_app.app import bind_app, build_app
 from serve_app.config import parse_app_args
 from tests.fakes import FakeEngine
+from tests.helpers import speech_body
 
 METRICS_PORT = free_port()
 
@@ -41,8 +42,7 @@ def client(server: str) -> Iterator[httpx.Client]:
 
 
 def speech(client: httpx.Client, **fields) -> httpx.Response:
-    body = {"model": "tts-1", "voice": "alloy", **fields}
-    return client.post("/v1/audio/speech", json=body)
+    return client.post("/v1/audio/speech", json=speech_body(**fields))
 
 
 def assert_envelope(response: httpx.Response, status: int | None = None) -> dict:
@@ -107,13 +107,9 @@ async def speak_all(
             *(
                 c.post(
                     f"{url}/v1/audio/speech",
-                    json={
-                        "model": "tts-1",
-                        "voice": "alloy",
-                        "input": text,
-                        "response_format": "wav",
-                        **({} if seeds is None else {"seed": seeds[i]}),
-                    },
+                    json=speech_body(
+                        text, response_format="wav", **({} if seeds is None else {"seed": seeds[i]})
+                    ),
                 )
                 for i, text in enumerate(inputs)
             )

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import race, replica_stats, replica_stats_async
+from tests.helpers import race, replica_stats, replica_stats_async, speech_body
 from tests.integration.conftest import assert_envelope, fake_app, sse_events
 
 pytestmark = pytest.mark.timeout(180)
@@ -49,7 +49,7 @@ ONE_AT_A_TIME = {"user_config": {"max_batch_size": 1}}
 
 
 def body(text: str, **fields) -> dict:
-    return {"model": "tts-1", "voice": "alloy", "input": text, "response_format": "pcm", **fields}
+    return speech_body(text, **{"response_format": "pcm", **fields})
 
 
 def auth(name: str) -> dict[str, str]:

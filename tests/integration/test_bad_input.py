@@ -6,11 +6,12 @@ import json
 
 import pytest
 
+from tests.helpers import speech_body
 from tests.integration.conftest import assert_envelope
 
 pytestmark = pytest.mark.timeout(60)
 
-OK = {"model": "tts-1", "input": "Hello.", "voice": "alloy"}
+OK = speech_body("Hello.")
 
 
 def with_(**changes) -> bytes:

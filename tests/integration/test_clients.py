@@ -20,7 +20,7 @@ from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 from load_tests.local import SERVE_CONFIG
 from serve_app.app import build_app
 from serve_app.model.engines.piper import PiperEngine
-from tests.helpers import TEXTS, decode, replica_stats
+from tests.helpers import TEXTS, decode, replica_stats, speech_body
 from tests.integration.conftest import fake_app, speech
 from tests.voices import export_multispeaker_voice
 
@@ -64,7 +64,7 @@ def test_the_openai_sdk_streaming_pattern_gets_audio_before_the_last_sentence_is
 
 
 def test_a_strict_sse_client_reads_a_default_stream_end_to_end(client) -> None:
-    body = {"model": "tts-1", "voice": "alloy", "input": TEXTS[0] + " " + TEXTS[1]}
+    body = speech_body(TEXTS[0] + " " + TEXTS[1])
     with client.stream("POST", "/v1/audio/speech", json={**body, "stream_format": "sse"}) as r:
         assert r.status_code == 200, r.read()
         events = strict_sse(r.iter_lines())
@@ -77,7 +77,7 @@ def test_a_strict_sse_client_reads_a_default_stream_end_to_end(client) -> None:
 
 
 def test_opted_in_streams_carry_queue_and_sentence_events(client) -> None:
-    body = {"model": "tts-1", "voice": "alloy", "input": TEXTS[0] + " " + TEXTS[1]}
+    body = speech_body(TEXTS[0] + " " + TEXTS[1])
     request = {**body, "stream_format": "sse", "chorus_events": True}
     with client.stream("POST", "/v1/audio/speech", json=request) as r:
         events = [json.loads(x[6:]) for x in r.iter_lines() if x.startswith("data: ")]
@@ -135,7 +135,7 @@ def test_a_multi_speaker_voice_serves_two_speakers_in_one_batch_each_as_alone(tr
     assert listed[1]["aliases"] == ["onyx"] and listed[1]["speaker"] == "bob"
 
     def ask(c: httpx.Client, voice: str) -> np.ndarray:
-        body = {"model": "tts-1", "voice": voice, "input": "Two voices, one batch.", "seed": 3}
+        body = speech_body("Two voices, one batch.", voice=voice, seed=3)
         r = c.post(f"{trio}/v1/audio/speech", json={**body, "response_format": "pcm"})
         assert r.status_code == 200, r.text
         return np.frombuffer(r.content, "<i2")

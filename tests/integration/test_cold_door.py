@@ -15,6 +15,7 @@ import pytest
 from ray import serve
 
 from tests.fakes import FakeEngine
+from tests.helpers import speech_body
 from tests.integration.conftest import assert_envelope, fake_app, wait_ready
 
 pytestmark = pytest.mark.timeout(240)
@@ -44,7 +45,7 @@ async def burst(url: str) -> list[tuple[float, float, httpx.Response]]:
 
         async def one(i: int) -> tuple[float, float, httpx.Response]:
             sent = time.perf_counter() - start
-            body = {"model": "tts-1", "voice": "alloy", "input": text(i), "response_format": "pcm"}
+            body = speech_body(text(i), response_format="pcm")
             r = await c.post("/v1/audio/speech", json=body)
             return sent, time.perf_counter() - start, r
 
@@ -119,7 +120,7 @@ def test_a_burst_while_the_model_replica_loads_is_refused_at_once_but_for_a_firs
         # once it runs, the door knows its speed and admits by it
         after = httpx.post(
             f"{url}/v1/audio/speech",
-            json={"model": "tts-1", "voice": "alloy", "input": text(0), "response_format": "pcm"},
+            json=speech_body(text(0), response_format="pcm"),
             timeout=60,
         )
         assert after.status_code == 200 and len(after.content) > 0

@@ -8,7 +8,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import TEXTS, pcm16
+from tests.helpers import TEXTS, pcm16, speech_body
 from tests.integration.conftest import speech
 
 pytestmark = pytest.mark.timeout(240)
@@ -30,13 +30,7 @@ def test_sixteen_concurrent_requests_get_exactly_their_own_audio(client, server)
                 *(
                     c.post(
                         "/v1/audio/speech",
-                        json={
-                            "model": "tts-1",
-                            "voice": "alloy",
-                            "input": text,
-                            "seed": seed,
-                            "response_format": "pcm",
-                        },
+                        json=speech_body(text, seed=seed, response_format="pcm"),
                     )
                     for text, seed in JOBS
                 )
@@ -60,11 +54,7 @@ def test_client_that_vanishes_mid_request_does_not_hurt_others(client, server) -
             task = asyncio.create_task(
                 c.post(
                     "/v1/audio/speech",
-                    json={
-                        "model": "tts-1",
-                        "voice": "alloy",
-                        "input": long_text,
-                    },
+                    json=speech_body(long_text),
                 )
             )
             await asyncio.sleep(0.5)

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from serve_app.errors import ChorusError
 from tests.conftest import ROOT
+from tests.helpers import speech_body
 from tests.integration.conftest import fake_app, speech, sse_events
 
 pytestmark = pytest.mark.timeout(180)
@@ -57,13 +58,10 @@ def total(samples: Samples, name: str, **labels: str) -> float:
 async def overload_and_fail(url: str) -> tuple[int, list[dict]]:
     """A burst into tiny queues (some 503s), and an SSE stream whose 4th sentence fails."""
     async with httpx.AsyncClient(base_url=url, timeout=60) as c:
-        burst = [
-            c.post(SPEECH, json={"model": "tts-1", "voice": "alloy", "input": f"Number {i}."})
-            for i in range(8)
-        ]
+        burst = [c.post(SPEECH, json=speech_body(f"Number {i}.")) for i in range(8)]
         rejected = sum(r.status_code == 503 for r in await asyncio.gather(*burst))
         bad = "One is fine. Two is fine. Three is fine. Buried treasure. Five. Six. Seven."
-        request = {"model": "tts-1", "voice": "alloy", "input": bad, "stream_format": "sse"}
+        request = speech_body(bad, stream_format="sse")
         async with c.stream("POST", SPEECH, json=request) as r:
             events = list(sse_events(iter([line async for line in r.aiter_lines()])))
     return rejected, events
@@ -96,20 +94,15 @@ def send_known_traffic(client: httpx.Client, server: str, metrics_url: str) -> d
     with client.stream(
         "POST",
         SPEECH,
-        json={
-            "model": "tts-1",
-            "voice": "alloy",
-            "input": "Yes. No.",
-            "response_format": "pcm",
-            "stream_format": "sse",
-            "chorus_events": True,
-        },  # fmt: skip
+        json=speech_body(
+            "Yes. No.", response_format="pcm", stream_format="sse", chorus_events=True
+        ),
     ) as r:
         done = list(sse_events(r.iter_lines()))[-1]
     assert done["type"] == "speech.audio.done"
     assert speech(client, input="Hello", voice="nobody").status_code == 400
     with pytest.raises(httpx.TimeoutException):  # a client that leaves before its answer
-        long = {"model": "tts-1", "voice": "alloy", "input": "A sentence that takes time. " * 10}
+        long = speech_body("A sentence that takes time. " * 10)
         long["stream_format"] = "file"
         client.post(SPEECH, json=long, timeout=0.5)
     assert client.get("/no/such/route").status_code == 404

@@ -14,7 +14,7 @@ import pytest
 import ray
 
 from tests.fakes import FaultyEngine
-from tests.helpers import race
+from tests.helpers import race, speech_body
 from tests.integration.conftest import assert_envelope, fake_app
 
 pytestmark = pytest.mark.timeout(240)
@@ -29,7 +29,7 @@ def via(address: str) -> dict[str, str]:
 
 
 def speak(c: httpx.Client, headers: dict[str, str]) -> httpx.Response:
-    body = {"model": "tts-1", "voice": "alloy", "input": "Hello.", "response_format": "pcm"}
+    body = speech_body("Hello.", response_format="pcm")
     return c.post("/v1/audio/speech", json=body, headers=headers)
 
 
@@ -132,7 +132,7 @@ def long_requests(url: str, count: int) -> list[threading.Thread]:
 
     def one() -> None:
         text = " ".join(f"Sentence {i} is here." for i in range(30))
-        body = {"model": "tts-1", "voice": "alloy", "input": text, "stream_format": "file"}
+        body = speech_body(text, stream_format="file")
         with contextlib.suppress(httpx.HTTPError):  # their answers are not the point here
             httpx.post(f"{url}/v1/audio/speech", json=body, timeout=120)
 

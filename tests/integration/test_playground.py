@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.helpers import speech_body
 from tests.integration.conftest import fake_app
 
 pytestmark = pytest.mark.timeout(180)
@@ -78,7 +79,7 @@ def test_speak_streams_audio_and_shows_queue_and_timings(browser, server: str) -
     watch(page, "position", "wait")
     page.fill("#text", "Hello from the playground. It streams as it speaks.")
     with ThreadPoolExecutor(3) as pool, httpx.Client(base_url=server, timeout=120) as c:
-        body = {"model": "tts-1", "voice": "alloy", "input": TEN, "response_format": "pcm"}
+        body = speech_body(TEN, response_format="pcm")
         # the server estimates waits from the rate it has measured: give it one to measure
         assert c.post("/v1/audio/speech", json={**body, "input": "Warm."}).status_code == 200
         busy = [pool.submit(c.post, "/v1/audio/speech", json=body) for _ in range(3)]

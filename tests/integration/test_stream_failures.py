@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.fakes import FakeEngine
-from tests.helpers import replica_stats
+from tests.helpers import replica_stats, speech_body
 from tests.integration.conftest import assert_envelope, fake_app, sse_events
 
 pytestmark = pytest.mark.timeout(120)
@@ -22,7 +22,7 @@ ONE_AT_A_TIME = {"user_config": {"max_batch_size": 1}}
 
 
 def body(text: str, **fields) -> dict:
-    return {"model": "tts-1", "voice": "alloy", "input": text, "response_format": "pcm", **fields}
+    return speech_body(text, **{"response_format": "pcm", **fields})
 
 
 @pytest.mark.front_door

@@ -12,13 +12,13 @@ import pytest
 from openai import OpenAI
 from ray import serve
 
-from tests.helpers import TEXTS, decode, pcm16, replica_stats
+from tests.helpers import TEXTS, decode, pcm16, replica_stats, speech_body
 from tests.integration.conftest import speech, sse_events
 
 pytestmark = pytest.mark.timeout(240)
 
 TEN = " ".join([*TEXTS, "And that makes ten sentences in all."])
-BODY = {"model": "tts-1", "voice": "alloy", "input": TEN, "response_format": "pcm", "seed": 21}
+BODY = speech_body(TEN, response_format="pcm", seed=21)
 
 
 def live_tasks() -> dict[str, int]:
@@ -154,7 +154,7 @@ def test_short_requests_finish_before_a_long_one_sent_with_them(client, server) 
     finished: list[str] = []
 
     async def post(c: httpx.AsyncClient, name: str, text: str) -> int | str:
-        body = {"model": "tts-1", "voice": "alloy", "input": text, "response_format": "wav"}
+        body = speech_body(text, response_format="wav")
         response = await c.post("/v1/audio/speech", json=body)
         finished.append(name)
         return 200 if response.status_code == 200 else f"{response.status_code} {response.text}"
