@@ -96,6 +96,10 @@ def running_chorus(
     for name, value in {**RAY_ENV, **ONE_MACHINE}.items():
         os.environ.setdefault(name, value)
     ray.init(
+        # NOTE: "local" starts this run's own Ray; without it ray.init joins whichever
+        # Ray this machine started last (/tmp/ray/ray_current_cluster), and fails on
+        # _system_config when one is still up (CI: another run's Ray on the machine).
+        address="local",
         _node_ip_address="127.0.0.1",  # Ray's own ports stay off the network
         include_dashboard=False,
         log_to_driver=False,

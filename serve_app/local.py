@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
 
     # NOTE: `serve run` uses this Ray (it starts or joins one only if none is).
     if alone:
-        ray.init(dashboard_host="127.0.0.1", namespace=SERVE_NAMESPACE)
+        # "local": its own Ray, even when another one on this machine is still up.
+        ray.init(address="local", dashboard_host="127.0.0.1", namespace=SERVE_NAMESPACE)
     else:
         ray.init(address=os.environ["RAY_ADDRESS"], namespace=SERVE_NAMESPACE)
     # NOTE: `docker stop` and Kubernetes send SIGTERM: shut Serve and Ray down as Ctrl+C
