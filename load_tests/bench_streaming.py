@@ -23,6 +23,7 @@ import httpx
 from ray import serve
 
 from load_tests.common import machine, median, pct, save
+from load_tests.load import Background
 from load_tests.local import deploy_args, running_chorus
 from load_tests.texts import SENTENCES
 from serve_app.app import build_app
@@ -76,52 +77,44 @@ async def estimate_probe(c: httpx.AsyncClient, text: str, seed: int) -> tuple[fl
     return (float("nan") if estimate is None else estimate), first
 
 
-async def background(c: httpx.AsyncClient, stop: asyncio.Event, rng: random.Random, out: dict):
-    while not stop.is_set():
-        text = " ".join(rng.sample(SENTENCES, rng.randint(1, 3)))
-        body = {"model": "tts-1", "voice": "alloy", "input": text, "seed": rng.randrange(2**31)}
-        r = await c.post("/v1/audio/speech", json=body)
-        out["requests"] += 1
-        out["errors"] += r.status_code != 200
+def background_body(i: int) -> dict:
+    """Background request `i`: one to three sentences, whole-file wav, its own seed."""
+    rng = random.Random(i)
+    text = " ".join(rng.sample(SENTENCES, rng.randint(1, 3)))
+    body = {"model": "tts-1", "voice": "alloy", "input": text, "response_format": "wav"}
+    return body | {"stream_format": "file", "seed": rng.randrange(2**31)}
 
 
 async def measure(url: str, sizes: list[int], repeats: int, load_clients: int) -> list[dict]:
     rows = []
-    async with httpx.AsyncClient(base_url=url, timeout=600) as c:
-        stop = asyncio.Event()
-        load = {"requests": 0, "errors": 0}
-        loaders = [
-            asyncio.create_task(background(c, stop, random.Random(k), load))
-            for k in range(load_clients)
-        ]
-        if loaders:
-            await asyncio.sleep(3)  # let the queue fill
-        for n in sizes:
-            runs = [await probe(c, text_of(n, k), 1000 + k) for k in range(repeats)]
-            first, full, audio = ([r[i] for r in runs] for i in range(3))
-            rows.append(
-                {
-                    "sentences": n,
-                    "load_clients": load_clients,
-                    "first_audio_p50_s": median(first),
-                    "first_audio_p95_s": pct(first, 95),
-                    "full_p50_s": median(full),
-                    "full_p95_s": pct(full, 95),
-                    "audio_s": median(audio),
-                    "first_over_full": median(first) / median(full),
-                }
-            )
-        if loaders:  # how good is the wait estimate a queued client is shown?
-            pairs = [await estimate_probe(c, text_of(1, k), 2000 + k) for k in range(repeats)]
-            for row in rows:
-                row["estimated_start_p50_s"] = median([p[0] for p in pairs])
-                row["sse_first_audio_p50_s"] = median([p[1] for p in pairs])
-        stop.set()
-        await asyncio.gather(*loaders)
-    if loaders:
+    with Background(url, load_clients, background_body) as load:
+        async with httpx.AsyncClient(base_url=url, timeout=600) as c:
+            if load_clients:
+                await asyncio.sleep(3)  # let the queue fill
+            for n in sizes:
+                runs = [await probe(c, text_of(n, k), 1000 + k) for k in range(repeats)]
+                first, full, audio = ([r[i] for r in runs] for i in range(3))
+                rows.append(
+                    {
+                        "sentences": n,
+                        "load_clients": load_clients,
+                        "first_audio_p50_s": median(first),
+                        "first_audio_p95_s": pct(first, 95),
+                        "full_p50_s": median(full),
+                        "full_p95_s": pct(full, 95),
+                        "audio_s": median(audio),
+                        "first_over_full": median(first) / median(full),
+                    }
+                )
+            if load_clients:  # how good is the wait estimate a queued client is shown?
+                pairs = [await estimate_probe(c, text_of(1, k), 2000 + k) for k in range(repeats)]
+                for row in rows:
+                    row["estimated_start_p50_s"] = median([p[0] for p in pairs])
+                    row["sse_first_audio_p50_s"] = median([p[1] for p in pairs])
+    if load_clients:
         for row in rows:
-            row["background_requests"] = load["requests"]
-            row["background_errors"] = load["errors"]
+            row["background_requests"] = len(load.answers)
+            row["background_errors"] = len(load.failures())
     return rows
 
 

@@ -3,15 +3,19 @@ open-loop Poisson arrivals, and a probe of what any request costs at that moment
 
 Each takes `ask(i) -> Answer` (request number `i`; `asker` makes one that speaks a list of
 texts to a server, streamed or whole, as `servers.Server` says) and returns the answers,
-summarised by `report.summarize`."""
+summarised by `report.summarize`. `Background` keeps closed-loop clients busy beside a
+measurement or a fault, for tests and benchmarks alike."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 
@@ -38,20 +42,23 @@ async def post(session: aiohttp.ClientSession, url: str, body: dict, timeout_s: 
         async with asyncio.timeout(timeout_s):
             async with session.post(url, json=body) as r:
                 if r.status != 200:
-                    await r.read()
+                    detail = (await r.read())[:300].decode(errors="replace")
                     wait = float(r.headers.get("retry-after", 1))
-                    return Answer(r.status, time.perf_counter() - t0, retry_after_s=wait)
+                    latency = time.perf_counter() - t0
+                    return Answer(r.status, latency, retry_after_s=wait, detail=detail)
                 chunks = []
                 async for chunk in r.content.iter_any():
                     first = first or time.perf_counter() - t0
                     chunks.append(chunk)
                 told = r.headers.get("x-chorus-audio-seconds")
+                sentences = r.headers.get("x-chorus-sentences")
     except TimeoutError:
         return Answer("timeout", time.perf_counter() - t0)
-    except aiohttp.ClientError:
-        return Answer("error", time.perf_counter() - t0)
+    except aiohttp.ClientError as exc:
+        return Answer("error", time.perf_counter() - t0, detail=repr(exc))
     audio_s = float(told) if told else rep.wav_seconds(b"".join(chunks))
-    return Answer(200, time.perf_counter() - t0, first, audio_s)
+    count = int(sentences) if sentences else None
+    return Answer(200, time.perf_counter() - t0, first, audio_s, sentences=count)
 
 
 def asker(
@@ -149,3 +156,80 @@ async def probe(request: Callable[[], Awaitable[None]], out: list[float]) -> Non
         except Exception:  # noqa: BLE001 - a failed probe is no floor
             pass
         await asyncio.sleep(0.1)
+
+
+class Background:
+    """`clients` closed-loop clients posting `body(i)` (request number `i`) to Chorus at `url`
+    back to back, on an event loop in a thread of its own, from the start of the `with` block
+    to its end; every answer kept in `answers`. At the end the requests in flight are waited
+    for (`finish`: their answers count) or abandoned (the clients leave, as real ones do).
+
+        with Background(url, 8, lambda i: {**body, "seed": i}) as load:
+            load.wait_for_answers(8)
+            ...  # the fault or measurement under load
+        assert load.failures() == []
+    """
+
+    def __init__(
+        self,
+        url: str,
+        clients: int,
+        body: Callable[[int], dict[str, Any]],
+        *,
+        finish: bool = True,
+        timeout_s: float = 120,
+    ) -> None:
+        self.url, self.clients, self.body = url, clients, body
+        self.finish, self.timeout_s = finish, timeout_s
+        self.answers: list[Answer] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=asyncio.run, args=(self._run(),), daemon=True)
+        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __enter__(self) -> Background:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if not self.finish and self._loop is not None and self._task is not None:
+            self._loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join(timeout=self.timeout_s + 10)
+
+    def wait_for_answers(self, count: int, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.answers) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(self.answers)} of {count} answers in {timeout_s} s")
+            time.sleep(0.1)
+
+    def failures(self, sentences: int | None = None) -> list[Answer]:
+        """Answers that are not a 200 or, given `sentences`, whose audio holds another number
+        of sentences (part of a request's audio lost)."""
+        return [
+            a
+            for a in self.answers
+            if a.status != 200 or (sentences is not None and a.sentences != sentences)
+        ]
+
+    async def _run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        order = itertools.count()
+        speech = f"{self.url}/v1/audio/speech"
+
+        async def client(session: aiohttp.ClientSession) -> None:
+            while not self._stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    answer = await post(session, speech, self.body(next(order)), self.timeout_s)
+                except Exception as exc:  # noqa: BLE001 - kept as an answer, the client goes on
+                    answer = Answer("error", time.perf_counter() - t0, detail=repr(exc))
+                self.answers.append(answer)
+
+        async with aiohttp.ClientSession() as session:
+            self._task = asyncio.ensure_future(
+                asyncio.gather(*(client(session) for _ in range(self.clients)))
+            )
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

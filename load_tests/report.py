@@ -21,6 +21,8 @@ class Answer:
     ttfa_s: float | None = None  # first audio byte
     audio_s: float = 0.0
     retry_after_s: float = 0.0  # from a refusal's Retry-After
+    sentences: int | None = None  # Chorus's X-Chorus-Sentences: how many the audio holds
+    detail: str = ""  # the start of a refusal's or an error's body
 
 
 def wav_seconds(data: bytes) -> float:

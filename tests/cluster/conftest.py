@@ -8,14 +8,12 @@ instance, and the integration tests have theirs.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ import httpx
 import pytest
 import yaml
 
+from load_tests.load import Background
 from load_tests.local import RAY_ENV, free_port
 from tests.helpers import speech_body
 
@@ -139,44 +138,12 @@ def running_replicas(deployment: str = "Synthesizer") -> int:
     return status.replica_states.get("RUNNING", 0)
 
 
-@dataclass
-class Load:
-    """`clients` clients posting multi-sentence requests back to back, in a thread of their
-    own, until stopped. Every answer is recorded: status, and whether the audio is whole."""
-
-    url: str
-    clients: int
-    text: str = "First of three. Second of three. Third of three."
-    results: list[tuple[int, str]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def __enter__(self) -> Load:
-        self._thread = threading.Thread(target=asyncio.run, args=(self._run(),), daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=120)
-
-    def wait_for_answers(self, count: int, timeout_s: float = 60) -> None:
-        wait_for(lambda: len(self.results) >= count, timeout_s, f"{count} answers")
-
-    def failures(self) -> list[tuple[int, str]]:
-        return [(s, body) for s, body in self.results if s != 200]
-
-    async def _run(self) -> None:
-        async with httpx.AsyncClient(timeout=120) as client:
-            await asyncio.gather(*(self._client(client, n) for n in range(self.clients)))
-
-    async def _client(self, client: httpx.AsyncClient, n: int) -> None:
-        body = speech_body(self.text, response_format="wav")
-        body["stream_format"] = "file"  # whole answers: a cut-off one shows as -1
-        while not self._stop.is_set():
-            try:
-                r = await client.post(f"{self.url}/v1/audio/speech", json={**body, "seed": n})
-                whole = r.status_code != 200 or r.headers.get("x-chorus-sentences") == "3"
-                text = "" if r.status_code == 200 else r.text[:200]
-                self.results.append((r.status_code if whole else -1, text))
-            except httpx.HTTPError as exc:
-                self.results.append((0, repr(exc)))
+def three_sentence_load(url: str, clients: int) -> Background:
+    """`clients` clients posting three-sentence whole-file requests back to back; an answer
+    whose audio lost a sentence counts in `failures(sentences=3)`."""
+    body = speech_body(
+        "First of three. Second of three. Third of three.",
+        response_format="wav",
+        stream_format="file",
+    )
+    return Background(url, clients, lambda i: {**body, "seed": i})

@@ -11,9 +11,9 @@ from ray import serve
 from load_tests.local import settled
 from tests.cluster.conftest import (
     FakeCluster,
-    Load,
     ready,
     running_replicas,
+    three_sentence_load,
     wait_for,
 )
 
@@ -76,7 +76,7 @@ def test_model_replicas_scale_up_on_queued_items_and_back_down(cluster: FakeClus
         autoscaling_policy={"policy_function": "serve_app.autoscaling:scale_on_items"},
     )
     wait_for(lambda: ready(cluster.url) and settled(1), 120, "one replica")
-    with Load(cluster.url, clients=12) as load:
+    with three_sentence_load(cluster.url, clients=12) as load:
         wait_for(lambda: running_replicas() >= 3, 90, "scale-up to 3+ replicas")
         # The ingress lets more items through once more replicas answer it.
         queue = wait_for(
@@ -84,11 +84,11 @@ def test_model_replicas_scale_up_on_queued_items_and_back_down(cluster: FakeClus
             30,
             "the ingress to see the new replicas",
         )
-        answered = len(load.results)
+        answered = len(load.answers)
         load.wait_for_answers(answered + 12)
     assert queue["items"] > 0
     wait_for(lambda: running_replicas() == 1, 90, "scale-down to 1 replica")
-    assert load.failures() == []
+    assert load.failures(sentences=3) == []
     assert {s["device"] for s in replica_stats(1).values()} == {"cpu"}  # no GPU asked for
 
 
@@ -100,14 +100,14 @@ def test_killing_a_model_replica_under_load_fails_no_request(cluster: FakeCluste
         for a in ray.util.list_named_actors(all_namespaces=True)
         if a["name"].startswith("SERVE_REPLICA::chorus#Synthesizer")
     )
-    with Load(cluster.url, clients=8) as load:
+    with three_sentence_load(cluster.url, clients=8) as load:
         load.wait_for_answers(8)
         ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
-        killed_at = len(load.results)
+        killed_at = len(load.answers)
         load.wait_for_answers(killed_at + 16)
         wait_for(lambda: running_replicas() == 2, 60, "a replacement replica")
-    assert load.failures() == []
-    assert len(load.results) >= killed_at + 16
+    assert load.failures(sentences=3) == []
+    assert len(load.answers) >= killed_at + 16
 
 
 @pytest.mark.front_door
@@ -117,7 +117,7 @@ def test_serve_deploy_under_load_applies_in_place_or_rolls_without_failures(
     cluster.deploy(APP, [synthesizer(2)])
     wait_for(lambda: ready(cluster.url) and settled(2), 120, "two replicas")
     before = replica_stats(2)
-    with Load(cluster.url, clients=8) as load:
+    with three_sentence_load(cluster.url, clients=8) as load:
         load.wait_for_answers(8)
         # user_config: applied in place by reconfigure(), same replicas.
         cluster.deploy(APP, [synthesizer(2, user_config={"max_batch_size": 5})])
@@ -138,7 +138,7 @@ def test_serve_deploy_under_load_applies_in_place_or_rolls_without_failures(
             120,
             "new replicas",
         )
-        rolled_at = len(load.results)
+        rolled_at = len(load.answers)
         load.wait_for_answers(rolled_at + 8)
     assert set(in_place) == set(before)
-    assert load.failures() == []
+    assert load.failures(sentences=3) == []

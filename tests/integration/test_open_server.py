@@ -5,7 +5,6 @@ model replica is ready; a dead or wedged one is not."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 
@@ -13,6 +12,7 @@ import httpx
 import pytest
 import ray
 
+from load_tests.load import Background
 from tests.fakes import FaultyEngine
 from tests.helpers import race, speech_body
 from tests.integration.conftest import assert_envelope, fake_app
@@ -127,19 +127,12 @@ class Prober:
         raise AssertionError(f"/readyz never answered {status}: {self.statuses[-20:]}")
 
 
-def long_requests(url: str, count: int) -> list[threading.Thread]:
-    """`count` clients each sending one long request (30 sentences), in threads."""
-
-    def one() -> None:
-        text = " ".join(f"Sentence {i} is here." for i in range(30))
-        body = speech_body(text, stream_format="file")
-        with contextlib.suppress(httpx.HTTPError):  # their answers are not the point here
-            httpx.post(f"{url}/v1/audio/speech", json=body, timeout=120)
-
-    threads = [threading.Thread(target=one, daemon=True) for _ in range(count)]
-    for t in threads:
-        t.start()
-    return threads
+def long_requests(url: str, clients: int) -> Background:
+    """`clients` clients sending long requests (30 sentences each), left when the block ends
+    (their answers are not the point here)."""
+    text = " ".join(f"Sentence {i} is here." for i in range(30))
+    body = speech_body(text, stream_format="file")
+    return Background(url, clients, lambda i: body, finish=False)
 
 
 @pytest.mark.front_door
@@ -147,9 +140,11 @@ def test_readiness_holds_under_load_and_fails_while_no_model_replica_runs(
     server: str, tmp_path
 ) -> None:
     options = {"max_ongoing_requests": 2, "user_config": {"max_batch_size": 1}}
-    with fake_app(server, "busy", {"items_in_flight": 2}, delay_s=0.3, **options) as url:
+    with (
+        fake_app(server, "busy", {"items_in_flight": 2}, delay_s=0.3, **options) as url,
+        long_requests(url, 8),  # ~70 s of model work queued at one replica
+    ):
         with Prober(url) as busy:
-            long_requests(url, 8)  # ~70 s of model work queued at one replica
             time.sleep(6)
         assert busy.statuses and set(busy.statuses) == {200}, busy.statuses
         victim = next(
@@ -172,7 +167,7 @@ def test_readiness_holds_under_load_and_fails_while_no_model_replica_runs(
     }
     with fake_app(server, "wedge", engine=engine, **options) as url, Prober(url) as wedged:
         wedged.wait_for(200)
-        long_requests(url, 1)  # its first batch never returns
-        wedged.wait_for(503)  # the health check saw the stalled batch
-        wedged.wait_for(200)
+        with long_requests(url, 1):  # its first batch never returns
+            wedged.wait_for(503)  # the health check saw the stalled batch
+            wedged.wait_for(200)
     assert flag.exists()

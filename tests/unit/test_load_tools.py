@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
 import io
+import json
 import random
+import threading
+import time
 import wave
 
 import pytest
@@ -132,3 +136,43 @@ def test_every_benchmark_runs_from_the_one_entry_point_and_is_listed() -> None:
     assert set(BENCHMARKS) == runnable
     listed = (here / "README.md").read_text()
     assert all(f"| `{name}` |" in listed for name in BENCHMARKS)
+
+
+class SpeechStub(http.server.BaseHTTPRequestHandler):
+    """Answers a speech request by its seed: 0 hangs, and by the seed's last digit 1 loses a
+    sentence, 2 is refused, the rest are whole (three sentences)."""
+
+    def do_POST(self) -> None:
+        seed = json.loads(self.rfile.read(int(self.headers["content-length"])))["seed"]
+        if seed == 0:
+            time.sleep(30)
+        seed %= 10
+        status = 503 if seed == 2 else 200
+        body = b'{"error": {"code": "overloaded"}}' if status == 503 else wav_bytes(0.1)
+        self.send_response(status)
+        self.send_header("content-length", str(len(body)))
+        self.send_header("x-chorus-sentences", "2" if seed == 1 else "3")
+        self.send_header("retry-after", "0")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_background_load_keeps_every_answer_and_can_leave_requests_in_flight() -> None:
+    from load_tests.load import Background
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SpeechStub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        start = time.monotonic()
+        with Background(url, 3, lambda i: {"seed": i}, finish=False) as load:
+            load.wait_for_answers(30, timeout_s=20)
+        assert time.monotonic() - start < 15  # the hung request was left, not waited for
+        failed = {a.detail[:9] if a.status == 503 else a.sentences for a in load.failures(3)}
+        assert failed == {2, '{"error":'}  # the lost sentence and the refusal, nothing else
+        assert sum(a.status == 200 and a.sentences == 3 for a in load.answers) >= 20
+    finally:
+        server.shutdown()
