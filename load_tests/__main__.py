@@ -13,6 +13,7 @@ HERE = Path(__file__).resolve().parent
 # Runnable benchmarks; the rest of the package is their shared parts (load, report, servers...).
 BENCHMARKS = (
     "compare",
+    "bench_vs_piper",
     "bench_engine",
     "bench_encoders",
     "bench_serving",

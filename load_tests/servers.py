@@ -59,18 +59,34 @@ class Server:
 BEHIND_SERVES_PROXY = {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
 
 
-def chorus(workdir: Path, port: int, overrides: dict, env: dict | None = None) -> Server:
+def chorus(
+    workdir: Path,
+    port: int,
+    overrides: dict,
+    env: dict | None = None,
+    deployments: dict[str, dict] | None = None,
+    name: str = "",
+    label: str = "",
+) -> Server:
     """The main job (`make serve`: serve_app.local), on `port` with `overrides` applied
-    to the app's args; with `env` behind Serve's proxy instead of HAProxy."""
+    to the app's args and `deployments` to those deployments' options (by name; a dict
+    option is merged); with `env` behind Serve's proxy instead of HAProxy."""
     config = yaml.safe_load(SERVE_CONFIG.read_text())
     config["http_options"] |= {"host": "127.0.0.1", "port": port}
-    config["applications"][0]["args"] |= overrides
-    name = "chorus-proxy" if env else "chorus"
+    app = config["applications"][0]
+    app["args"] |= overrides
+    for deployment in app["deployments"]:
+        for option, value in (deployments or {}).get(deployment["name"], {}).items():
+            if isinstance(value, dict):
+                deployment[option] = {**deployment.get(option, {}), **value}
+            else:
+                deployment[option] = value
+    name = name or ("chorus-proxy" if env else "chorus")
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return Server(
         name,
-        "Chorus, Serve's proxy" if env else "Chorus",
+        label or ("Chorus, Serve's proxy" if env else "Chorus"),
         "/readyz",
         "/v1/audio/speech",
         port,

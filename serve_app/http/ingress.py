@@ -53,6 +53,17 @@ class IngressService:
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)  # live as long as the replica
 
 
+def call_size(items_per_call: int, items_in_flight: int) -> int:
+    """Most items in one handle call: `items_per_call`, and at most half a replica's window.
+
+    NOTE: a call goes to one replica and its answers come back together, when its last item
+    is done. A call as large as the window left that replica nothing queued behind it, and a
+    larger one left other replicas idle: 2 one-thread CPU replicas with 2 items in flight
+    served 12.2 audio-s/s with calls of up to 16 items, 17.0 with calls of 2 and 19.7-20.4
+    with calls of 1 (load_tests.bench_vs_piper, results/comparisons/calls_per_replica/)."""
+    return max(1, min(items_per_call, items_in_flight // 2))
+
+
 def build_service(synthesizer: DeploymentHandle, config: AppConfig) -> IngressService:
     """The ingress's parts, wired together; their background tasks run on the current event
     loop (Serve runs a replica's constructor on its loop)."""
@@ -75,7 +86,7 @@ def build_service(synthesizer: DeploymentHandle, config: AppConfig) -> IngressSe
     replicas = ModelReplicas(
         synthesizer,
         retries=config.replica_retries,
-        per_call=config.items_per_call,
+        per_call=call_size(config.items_per_call, config.items_in_flight),
         on_retry=metrics.items_retried.inc,
         on_count=replicas_changed,
         on_profile=meter.learn_profile,

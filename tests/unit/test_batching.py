@@ -125,3 +125,16 @@ def test_noise_follows_an_integer_recipe_that_any_device_computes_alike() -> Non
 
 def test_the_phoneme_file_matches_the_phonemizer() -> None:
     assert json.loads(phonemes.PATH.read_text()) == phonemes.make()
+
+
+def test_a_call_to_a_model_replica_leaves_room_for_another_behind_it() -> None:
+    from serve_app.http.ingress import call_size
+
+    # CPU: 2 items in flight per replica, one per call, so each comes back when it is done
+    # and the replica always has the next one; a GPU's 128 keep the configured 16.
+    assert (call_size(16, 2), call_size(16, 1), call_size(16, 128), call_size(4, 32)) == (
+        1,
+        1,
+        16,
+        4,
+    )
