@@ -57,7 +57,7 @@ def layout_server(layout: str, workdir: Path) -> srv.Server:
         srv.free_port(),
         args,
         deployments={"Synthesizer": synthesizer},
-        name=f"chorus-{len(layout)}-{abs(hash(layout))}",
+        name=f"chorus-{layout}",  # its config and log file are named after it
         label=f"Chorus {layout}",
     )
 
