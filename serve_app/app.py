@@ -56,6 +56,7 @@ def bind_app(
         engine_kwargs=engine_kwargs,
         cpu_threads=config.cpu_threads,
         cpu_nice=config.cpu_engine_nice,
+        cpu_side_by_side=config.cpu_side_by_side,
     )
     ingress = ingress.options(**(ingress_options or {}))
     return ingress.bind(model, config.model_dump(mode="json"))

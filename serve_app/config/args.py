@@ -229,6 +229,14 @@ class AppConfig(_Strict):
         description="Torch threads of a CPU synthesizer replica. Default: all cores of the "
         "node; with several replicas per node, give each its share.",
     )
+    cpu_side_by_side: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Sentence items a CPU synthesizer replica runs at once, sharing its "
+        "`cpu_threads` evenly at every stage (a lone item gets them all). Default: one per "
+        "torch thread; 1 runs items one after another with every thread.",
+    )
     cpu_engine_nice: int = Field(
         19,
         ge=0,

@@ -5,12 +5,14 @@ options are set by `serve_app.app` from config."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,8 +23,10 @@ from ray import serve
 from serve_app.config import SynthesizerUserConfig, VoiceSource, configure_logging
 from serve_app.errors import ItemTooLarge, SynthesisError
 from serve_app.metrics import SynthesizerMetrics
+from serve_app.model.cores import CoreShare
 from serve_app.model.engines.base import Engine, SynthesisItem, Synthesized, is_out_of_memory
 from serve_app.model.profile import SpeedProfile, measure
+from serve_app.model.runs import BatchRun, Gate, cap_after_out_of_memory
 
 logger = logging.getLogger("ray.serve.chorus.synthesizer")
 
@@ -58,13 +62,17 @@ def _built(
     engine_cls: type[Engine] | None,
     engine_kwargs: dict[str, Any],
     device: str,
+    cores: CoreShare | None,
 ) -> Engine:
-    """The engine, loaded on `device` (the packaged voice's PyTorch engine by default)."""
+    """The engine, loaded on `device` (the packaged voice's PyTorch engine by default); given
+    `cores` to share when it can run items side by side."""
     if engine_cls is None:
         from serve_app.model.engines.piper import PiperEngine
 
         engine_cls = PiperEngine
     engine = engine_cls(sources, **engine_kwargs)
+    if engine.concurrent_calls:
+        engine.cores = cores
     engine.load(device)
     return engine
 
@@ -92,6 +100,7 @@ class Synthesizer:
         engine_kwargs: dict[str, Any] | None = None,
         cpu_threads: int | None = None,
         cpu_nice: int = 0,
+        cpu_side_by_side: int | None = None,
     ) -> None:
         configure_logging()
         self.device = pick_device()
@@ -99,14 +108,18 @@ class Synthesizer:
         self._cuda = self.device == "cuda" and cuda_usable()
         cpu = self.device == "cpu"
         threads = (cpu_threads or os.cpu_count() or 1) if cpu else None
-        # NOTE: one worker thread runs everything torch does here, loading included: the event
-        # loop stays free to take items, cancellations and health checks while a batch runs,
-        # and batches never overlap. A second thread running torch would start a second
-        # OpenMP team; with more OpenMP threads than cores, GNU OpenMP stops spinning between
+        # NOTE: engine threads run everything torch does here, loading included: the event
+        # loop stays free to take items, cancellations and health checks while a batch runs.
+        # On a GPU one thread runs batches one after another. On CPU up to `side_by_side`
+        # items run at once, one per thread, sharing the torch threads (`model.cores`): a
+        # lone item gets them all. Two items each with all the threads would start two
+        # OpenMP teams of more threads than cores, and GNU OpenMP then stops spinning between
         # the decoder's many small parallel regions (measured on 2 cores: 1.5 cores used and
-        # 10.7 audio-s/s, against 2.0 and 14.9 with one thread).
+        # 10.7 audio-s/s, against 2.0 and 14.9 with one item at a time).
+        workers = (cpu_side_by_side or threads or 1) if cpu else 1
+        cores = CoreShare(threads, workers) if cpu and threads and workers > 1 else None
         self._executor = ThreadPoolExecutor(
-            1,
+            workers,
             thread_name_prefix="chorus-engine",
             initializer=engine_thread,
             initargs=(threads, cpu_nice if cpu else 0),
@@ -117,16 +130,23 @@ class Synthesizer:
         # and the front door, which meanwhile answer a burst (measured: 2.5 CPU-s of a 3 s
         # cold burst went to the start, and refusals waited for it; load_tests.bench_burst).
         self.engine = self._executor.submit(
-            _built, sources, engine_cls, engine_kwargs or {}, self.device
+            _built, sources, engine_cls, engine_kwargs or {}, self.device, cores
         ).result()
+        # Batches at once: as many as items side by side where the engine shares the cores.
+        self.side_by_side = workers if self.engine.cores is not None else 1
+        self._gate = Gate()  # batches share the engine; a reconfigure has it alone
+        self._batch = serve.batch(
+            max_batch_size=4,
+            batch_wait_timeout_s=0.005,
+            max_concurrent_batches=self.side_by_side,
+        )(self._run_queued)
         self.items_run = 0  # sentence items the engine has been given, ever
         self.batches_run = 0
         self.out_of_memory = 0  # batches that ran out of device memory
         self.batch_sizes: Counter[int] = Counter()  # batches run, by size
         self.padding_sum, self.padding_batches = 0.0, 0  # efficiencies reported, and how many
         self.busy_s = 0.0  # seconds batches have run, ever
-        self._sizes: dict[str, list[int]] = {"ok": [], "oom": []}  # of the batch now running
-        self._running_since: float | None = None  # when the batch now running started
+        self._running_since: dict[int, float] = {}  # batches running now: when each started
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.metrics = SynthesizerMetrics(self.device)
         self.speed: SpeedProfile | None = None  # measured by reconfigure()
@@ -143,10 +163,10 @@ class Synthesizer:
         """
         settings = SynthesizerUserConfig.model_validate(user_config or {})
         loop = asyncio.get_running_loop()
-        # NOTE: on the engine's thread, so never beside a running batch.
-        await loop.run_in_executor(self._executor, self.engine.reconfigure, settings)
-        self._apply_batching(settings)
-        await self._measure_speed()
+        async with self._gate.alone():  # NOTE: never beside a running batch
+            await loop.run_in_executor(self._executor, self.engine.reconfigure, settings)
+            self._apply_batching(settings)
+            await self._measure_speed()
 
     async def _measure_speed(self) -> None:
         """Time probe batches at one item and at the batch size (the ingress's door counts on
@@ -172,11 +192,18 @@ class Synthesizer:
         )
 
     def _probe(self, max_batch: int) -> SpeedProfile:
-        self._running_since = time.monotonic()  # NOTE: a wedged probe fails the health check
-        try:
+        with self._running():  # NOTE: a wedged probe fails the health check
             return measure(self.replica, self.engine.voices[0], max_batch, self.engine.synthesize)
+
+    @contextlib.contextmanager
+    def _running(self) -> Iterator[None]:
+        """Engine work on this thread, watched by the health check."""
+        key = threading.get_ident()
+        self._running_since[key] = time.monotonic()
+        try:
+            yield
         finally:
-            self._running_since = None
+            del self._running_since[key]
 
     def _apply_batching(self, settings: SynthesizerUserConfig) -> None:
         self.settings = settings
@@ -201,20 +228,23 @@ class Synthesizer:
             *(self._batch(item, arrival) for item in items), return_exceptions=True
         )
 
-    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005)
-    async def _batch(
+    async def _run_queued(
         self, items: list[SynthesisItem], arrivals: list[float]
     ) -> list[Synthesized | BaseException]:
-        start = time.monotonic()
+        """One batch from the queue (`self._batch`, made in __init__: `@serve.batch` with as
+        many batches at once as the replica runs side by side)."""
         loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(self._executor, self._run_batch, items)
-        seconds = time.monotonic() - start
-        cap = self._cap_after_out_of_memory()
+        async with self._gate.shared():
+            start = time.monotonic()
+            run = await loop.run_in_executor(self._executor, self._run_batch, items)
+            seconds = time.monotonic() - start
+        results = run.results
+        cap = cap_after_out_of_memory(run.sizes)
         if cap is not None and cap < self.max_batch_size:
             logger.warning("Batch cap lowered from %d to %d", self.max_batch_size, cap)
             self.max_batch_size = cap
             self._batch.set_max_batch_size(cap)
-        self._record(items, results, seconds)
+        self._record(items, results, seconds, run.padding_efficiency)
         waits = [start - arrival for arrival in arrivals]
         for wait in waits:
             self.metrics.queue_wait.observe(wait)
@@ -226,7 +256,13 @@ class Synthesizer:
             for r, wait in zip(results, waits, strict=True)
         ]
 
-    def _record(self, items: list[SynthesisItem], results: list[Any], seconds: float) -> None:
+    def _record(
+        self,
+        items: list[SynthesisItem],
+        results: list[Any],
+        seconds: float,
+        padding_efficiency: float | None,
+    ) -> None:
         m = self.metrics
         m.batch_seconds.observe(seconds)
         m.batch_size.observe(len(items))
@@ -243,11 +279,11 @@ class Synthesizer:
                 audio_s += item_s
         if audio_s:
             m.real_time_factor.observe(seconds / audio_s)
-        if self.engine.padding_efficiency is not None:
-            m.padding_efficiency.observe(self.engine.padding_efficiency)
-            m.padding_efficiency_sum.inc(self.engine.padding_efficiency)
+        if padding_efficiency is not None:
+            m.padding_efficiency.observe(padding_efficiency)
+            m.padding_efficiency_sum.inc(padding_efficiency)
             m.padded_batches.inc()
-            self.padding_sum += self.engine.padding_efficiency
+            self.padding_sum += padding_efficiency
             self.padding_batches += 1
         if self._cuda:
             import torch
@@ -255,42 +291,49 @@ class Synthesizer:
             m.gpu_memory.set(torch.cuda.memory_allocated(), tags={"kind": "allocated"})
             m.gpu_memory.set(torch.cuda.memory_reserved(), tags={"kind": "reserved"})
 
-    def _run_batch(self, items: list[SynthesisItem]) -> list[np.ndarray | BaseException]:
-        self._running_since = time.monotonic()
-        self._sizes = {"ok": [], "oom": []}
-        try:
-            return self._run(items)
-        finally:
-            self._running_since = None
+    def _run_batch(self, items: list[SynthesisItem]) -> BatchRun:
+        """On an engine thread: the batch's results, the sizes that ran or ran out of memory,
+        and the padding measured (the engine keeps it per thread)."""
+        run = BatchRun()
+        with self._running():
+            run.results = self._run(items, run.sizes)
+        run.padding_efficiency = self.engine.padding_efficiency
+        return run
 
-    def _run(self, items: list[SynthesisItem]) -> list[np.ndarray | BaseException]:
+    def _run(
+        self, items: list[SynthesisItem], sizes: dict[str, list[int]]
+    ) -> list[np.ndarray | BaseException]:
         self.items_run += len(items)
         self.batches_run += 1
         try:
             audio = list(self.engine.synthesize(items))
         except Exception as exc:
             if not is_out_of_memory(exc):
-                return self._after_failure(items)
+                return self._after_failure(items, sizes)
         else:
-            self._sizes["ok"].append(len(items))
+            sizes["ok"].append(len(items))
             return audio
         # NOTE: out of memory. The halves run only now, outside the `except`: until it ends,
         # the error's traceback holds the failed batch's tensors, and the device has no more
         # room for a half than it had for the whole (seen on an H200: a real OOM split down
         # to single sentences that all failed again).
-        self._sizes["oom"].append(len(items))
-        return self._after_out_of_memory(items)
+        sizes["oom"].append(len(items))
+        return self._after_out_of_memory(items, sizes)
 
-    def _after_failure(self, items: list[SynthesisItem]) -> list[np.ndarray | BaseException]:
+    def _after_failure(
+        self, items: list[SynthesisItem], sizes: dict[str, list[int]]
+    ) -> list[np.ndarray | BaseException]:
         """After an error other than out of memory (called while it is handled)."""
         if len(items) == 1:
             logger.exception("Synthesis failed for one item")
             return [SynthesisError("the model failed on this sentence")]
         # NOTE: a batch failure fails every caller, so find the bad item(s) one by one.
         logger.warning("Batch of %d failed; retrying items one by one", len(items))
-        return [self._run([item])[0] for item in items]
+        return [self._run([item], sizes)[0] for item in items]
 
-    def _after_out_of_memory(self, items: list[SynthesisItem]) -> list[np.ndarray | BaseException]:
+    def _after_out_of_memory(
+        self, items: list[SynthesisItem], sizes: dict[str, list[int]]
+    ) -> list[np.ndarray | BaseException]:
         """Free cached memory, then run each half of the batch. Only an item that fails alone
         fails its request."""
         self.out_of_memory += 1
@@ -304,16 +347,7 @@ class Synthesizer:
             return [ItemTooLarge("one sentence does not fit in the replica's memory")]
         half = len(items) // 2
         logger.warning("Out of memory on a batch of %d; retrying halves", len(items))
-        return self._run(items[:half]) + self._run(items[half:])
-
-    def _cap_after_out_of_memory(self) -> int | None:
-        """After a batch ran out of memory: the largest batch size that then ran, below the
-        smallest that failed (None when nothing ran out of memory)."""
-        failed = self._sizes["oom"]
-        if not failed:
-            return None
-        smallest = min(failed)
-        return max([n for n in self._sizes["ok"] if n < smallest], default=1)
+        return self._run(items[:half], sizes) + self._run(items[half:], sizes)
 
     async def profile(self) -> SpeedProfile | None:
         """This replica's speed, measured at start and after each reconfigure."""
@@ -341,7 +375,7 @@ class Synthesizer:
     def check_health(self) -> None:
         if not self.engine.voices:
             raise RuntimeError("engine has no voices loaded")
-        since = self._running_since
+        since = min(self._running_since.values(), default=None)
         if since is not None and time.monotonic() - since > self.settings.stall_timeout_s:
             # NOTE: a wedged engine thread cannot be interrupted; Serve replaces the replica,
             # and the ingress sends its items again to another one.

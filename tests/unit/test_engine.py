@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnx
@@ -11,6 +12,7 @@ import torch
 
 from load_tests import onnx_reference
 from serve_app.config import SynthesizerUserConfig, VoiceSource
+from serve_app.model.cores import CoreShare
 from serve_app.model.engines import precision
 from serve_app.model.engines.base import SynthesisItem
 from serve_app.model.engines.piper import PiperEngine
@@ -86,6 +88,22 @@ def test_batch_gives_each_item_its_own_audio(engine, ids, policy) -> None:
         assert np.abs(a - c).max() <= 1e-4
         if policy == "per_item":  # the CPU default: nothing depends on the batch, exactly
             assert np.array_equal(a, b) and np.array_equal(a, c)
+
+
+def test_items_side_by_side_keep_their_length_and_audio(engine, ids) -> None:
+    items = [item(seq, seed=200 + k) for k, seq in enumerate(ids)]
+    before = torch.get_num_threads()
+    engine.cores = CoreShare(2, 2)
+    try:
+        alone = [engine.synthesize([it])[0] for it in items]  # each with both threads
+        with ThreadPoolExecutor(2) as pool:  # two at a time, one thread each
+            beside = list(pool.map(lambda it: engine.synthesize([it])[0], items))
+    finally:
+        engine.cores = None
+        torch.set_num_threads(before)
+    for a, b in zip(alone, beside, strict=True):
+        assert a.shape == b.shape  # the same frames, whatever ran beside it
+        assert np.abs(a - b).max() <= 1e-4
 
 
 def test_seed_decides_the_noise(engine, ids) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 from serve_app.config import SynthesizerUserConfig
 
 if TYPE_CHECKING:
+    from serve_app.model.cores import CoreShare
     from serve_app.model.profile import SpeedProfile
 
 
@@ -77,9 +78,14 @@ class Engine(ABC):
     def synthesize(self, items: list[SynthesisItem]) -> list[np.ndarray]:
         """Audio for each item, in order."""
 
-    # Real / computed (padded) frames of the last `synthesize` call, for the batch padding
-    # metric; None when an engine cannot tell.
+    # Real / computed (padded) frames of the last `synthesize` call on the calling thread, for
+    # the batch padding metric; None when an engine cannot tell.
     padding_efficiency: float | None = None
+
+    # An engine whose `synthesize` may run on several threads at once says so here; a CPU
+    # replica then runs items side by side and hands it `cores` to split among them.
+    concurrent_calls: bool = False
+    cores: CoreShare | None = None
 
     def reconfigure(self, settings: SynthesizerUserConfig) -> None:  # noqa: B027 - optional hook
         """Apply the replica's user_config (called at start and on every change)."""

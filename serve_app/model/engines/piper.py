@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +28,13 @@ from serve_app.model.engines.base import Engine, SynthesisItem
 from serve_app.model.engines.decoder import DTYPES, Decoder2d, DecoderRunner, frame_mask
 from serve_app.model.engines.grouping import plan_groups
 from serve_app.model.engines.noise import gaussian
-from serve_app.model.engines.vits import build_vits, read_onnx_voice
+from serve_app.model.engines.vits import (
+    build_vits,
+    expand,
+    frame_to_phoneme,
+    read_onnx_voice,
+    sdp_reverse,
+)
 from serve_app.model.voices import VoiceInfo, VoiceLoadError
 
 logger = logging.getLogger("ray.serve.chorus.engine")
@@ -96,7 +104,7 @@ class VitsVoice:
         seeds, g = [it.seed for it in items], self.speakers(items)
         if self.params.use_sdp:
             eps_w = gaussian(seeds, _DURATION_NOISE, 2, lengths, dev)
-            logw = _sdp_reverse(model.dp, x, x_mask, eps_w * _column(items, "noise_w", dev), g)
+            logw = sdp_reverse(model.dp, x, x_mask, eps_w * _column(items, "noise_w", dev), g)
         else:
             logw = model.dp(x, x_mask, g=g)
         w_ceil = torch.ceil(torch.exp(logw) * x_mask * _column(items, "length_scale", dev))
@@ -113,10 +121,10 @@ class VitsVoice:
         width = max(frames)
         # NOTE: each frame takes its phoneme's prior by index (piper multiplies by a 0/1 path
         # matrix: the same values, but a matmul that TF32 would round).
-        phoneme = torch.stack([_frame_to_phoneme(a.durations, width) for a in group])  # (B, T)
+        phoneme = torch.stack([frame_to_phoneme(a.durations, width) for a in group])  # (B, T)
         y_mask = frame_mask(frames, width, dev).unsqueeze(1)  # (B, 1, T)
-        m_p = _expand([a.m_p for a in group], phoneme) * y_mask
-        logs_p = _expand([a.logs_p for a in group], phoneme) * y_mask
+        m_p = expand([a.m_p for a in group], phoneme) * y_mask
+        logs_p = expand([a.logs_p for a in group], phoneme) * y_mask
         seeds = [a.item.seed for a in group]
         eps_z = gaussian(seeds, _LATENT_NOISE, m_p.size(1), frames, dev)
         noise_scale = _column([a.item for a in group], "noise_scale", dev)
@@ -167,6 +175,8 @@ class PiperEngine(Engine):
     run on length-sorted groups (`plan_groups`), each within a frame budget.
     """
 
+    concurrent_calls = True  # modules are only read; what a call keeps is per thread
+
     def __init__(
         self,
         voices: list[VoiceSource],
@@ -189,6 +199,15 @@ class PiperEngine(Engine):
         self._decoder = ("float32", False)  # asked for: dtype, compiled (as loaded: eager)
         self.decoder_refused: str | None = None  # why the decoder asked for was refused
         self.device = torch.device("cpu")
+        self._calls = threading.local()  # what the last call on each thread measured
+
+    @property
+    def padding_efficiency(self) -> float | None:
+        return getattr(self._calls, "padding_efficiency", None)
+
+    @padding_efficiency.setter
+    def padding_efficiency(self, value: float | None) -> None:
+        self._calls.padding_efficiency = value
 
     @property
     def batched_decode(self) -> bool:
@@ -235,10 +254,20 @@ class PiperEngine(Engine):
         self._warm()
 
     def _warm(self) -> None:
-        if self.warm_buckets and not self.batched_decode:
+        if not self.warm_buckets or self.batched_decode:
+            return
+        # NOTE: oneDNN's cached primitives hold a thread count: warm at each share an item
+        # can run with (a bucket first met at another count cost ~75 ms once).
+        before = torch.get_num_threads()
+        for threads in self.cores.shares() if self.cores else [before]:
+            torch.set_num_threads(threads)
             for voice in self._voices.values():
                 seconds = voice.warm_decoder(_WARM_BUCKETS_UP_TO)
-                logger.info("Decoder buckets of %s warm in %.1f s", voice.info.id, seconds)
+                logger.info(
+                    "Decoder buckets of %s warm in %.1f s at %d thread(s)",
+                    voice.info.id, seconds, threads,
+                )  # fmt: skip
+        torch.set_num_threads(before)
 
     def _frame_budget(self) -> int:
         if self.device.type != "cuda" or not self._voices:
@@ -277,11 +306,22 @@ class PiperEngine(Engine):
     def _run_alone(
         self, voice: VitsVoice, items: list[SynthesisItem]
     ) -> tuple[list[np.ndarray], int]:
-        """Each item through both stages alone: nothing about it depends on its batch."""
+        """Each item through both stages alone: nothing about it depends on its batch. Items
+        running side by side on other threads share the cores, re-split at every stage."""
         audio, computed = [], 0
+        cores = self.cores
+        stage = cores.apply if cores else _nothing
         for item in items:
-            (aligned,) = voice.align([item])
-            audio.append(voice.decode_one(voice.latents([aligned]), aligned))
+            with cores.item() if cores else nullcontext():
+                # NOTE: a thread count splits some sums differently (output within 3e-5);
+                # durations are rounded up to whole frames, so the phoneme stage always runs
+                # with the same count: an item's length never depends on what runs beside it.
+                stage(fixed=True)
+                (aligned,) = voice.align([item])
+                stage()
+                z = voice.latents([aligned])
+                stage()
+                audio.append(voice.decode_one(z, aligned))
             computed += decode_bucket(aligned.frames)
         return audio, computed
 
@@ -320,42 +360,13 @@ class PiperEngine(Engine):
             torch.cuda.empty_cache()
 
 
+def _nothing(fixed: bool = False) -> None:
+    pass
+
+
 def _column(items: list[SynthesisItem], field: str, device: torch.device) -> torch.Tensor:
     values = [getattr(it, field) for it in items]
     return torch.tensor(values, dtype=torch.float32, device=device).view(-1, 1, 1)
-
-
-def _frame_to_phoneme(durations: torch.Tensor, width: int) -> torch.Tensor:
-    """For each of `width` frames, the index of the phoneme it belongs to (clamped past the
-    end; the caller masks those frames)."""
-    ends = torch.cumsum(durations, 0)
-    frame = torch.arange(width, device=durations.device, dtype=ends.dtype)
-    return torch.searchsorted(ends, frame, right=True).clamp_max(durations.numel() - 1)
-
-
-def _expand(priors: list[torch.Tensor], phoneme: torch.Tensor) -> torch.Tensor:
-    """Per item (C, L_i) priors gathered at `phoneme` (B, T) -> (B, C, T)."""
-    width = max(p.size(1) for p in priors)
-    stacked = torch.stack([F.pad(p, (0, width - p.size(1))) for p in priors])
-    index = phoneme.unsqueeze(1).expand(-1, stacked.size(1), -1)
-    return torch.gather(stacked, 2, index)
-
-
-def _sdp_reverse(
-    dp, x: torch.Tensor, x_mask: torch.Tensor, z: torch.Tensor, g: torch.Tensor | None
-) -> torch.Tensor:
-    """StochasticDurationPredictor in reverse with caller-supplied noise `z` (B, 2, T) and
-    speakers `g` (B, gin, 1) or None."""
-    x = dp.pre(torch.detach(x))
-    if g is not None:
-        x = x + dp.cond(g)
-    x = dp.convs(x, x_mask)
-    x = dp.proj(x) * x_mask
-    flows = list(reversed(dp.flows))
-    flows = flows[:-2] + [flows[-1]]  # as in SynthesizerTrn: drop the unused flow
-    for flow in flows:
-        z = flow(z, x_mask, g=x, reverse=True)
-    return z[:, :1]
 
 
 def _ids(info: VoiceInfo, ipa: str) -> tuple[int, ...]:

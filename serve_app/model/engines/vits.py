@@ -14,6 +14,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 from piper.train.vits.models import SynthesizerTrn
+from torch.nn import functional as F
 
 from serve_app.model.voices import VoiceLoadError
 
@@ -154,3 +155,36 @@ def build_vits(params: VitsHyperParams, state: dict[str, np.ndarray]) -> Synthes
             f"unexpected {result.unexpected_keys[:5]}"
         )
     return model.eval()
+
+
+def frame_to_phoneme(durations: torch.Tensor, width: int) -> torch.Tensor:
+    """For each of `width` frames, the index of the phoneme it belongs to (clamped past the
+    end; the caller masks those frames)."""
+    ends = torch.cumsum(durations, 0)
+    frame = torch.arange(width, device=durations.device, dtype=ends.dtype)
+    return torch.searchsorted(ends, frame, right=True).clamp_max(durations.numel() - 1)
+
+
+def expand(priors: list[torch.Tensor], phoneme: torch.Tensor) -> torch.Tensor:
+    """Per item (C, L_i) priors gathered at `phoneme` (B, T) -> (B, C, T)."""
+    width = max(p.size(1) for p in priors)
+    stacked = torch.stack([F.pad(p, (0, width - p.size(1))) for p in priors])
+    index = phoneme.unsqueeze(1).expand(-1, stacked.size(1), -1)
+    return torch.gather(stacked, 2, index)
+
+
+def sdp_reverse(
+    dp, x: torch.Tensor, x_mask: torch.Tensor, z: torch.Tensor, g: torch.Tensor | None
+) -> torch.Tensor:
+    """StochasticDurationPredictor in reverse with caller-supplied noise `z` (B, 2, T) and
+    speakers `g` (B, gin, 1) or None."""
+    x = dp.pre(torch.detach(x))
+    if g is not None:
+        x = x + dp.cond(g)
+    x = dp.convs(x, x_mask)
+    x = dp.proj(x) * x_mask
+    flows = list(reversed(dp.flows))
+    flows = flows[:-2] + [flows[-1]]  # as in SynthesizerTrn: drop the unused flow
+    for flow in flows:
+        z = flow(z, x_mask, g=x, reverse=True)
+    return z[:, :1]
