@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from torch.nn import functional as F
 
 from load_tests import onnx_reference
 from serve_app.config import SynthesizerUserConfig, VoiceSource
@@ -104,6 +105,20 @@ def test_items_side_by_side_keep_their_length_and_audio(engine, ids) -> None:
     for a, b in zip(alone, beside, strict=True):
         assert a.shape == b.shape  # the same frames, whatever ran beside it
         assert np.abs(a - b).max() <= 1e-4
+
+
+def test_padding_never_reaches_an_items_audio(engine, ids) -> None:
+    voice = engine.voice("joe")
+    for seq in ids[:4]:
+        (aligned,) = voice.align([item(seq, seed=7)])
+        z = voice.latents([aligned])
+        exact = voice.decode(z, [aligned.frames])[0]  # no padding at all
+        bucketed = voice.decode_one(z, aligned)  # padded to its bucket, tail zeroed per layer
+        wide = F.pad(z, (0, 40))
+        masked = voice.decode(torch.cat([wide, wide]), [aligned.frames, aligned.frames + 40])[0]
+        assert exact.shape == bucketed.shape == masked.shape
+        assert np.abs(exact - bucketed).max() <= 1e-5
+        assert np.abs(exact - masked).max() <= 1e-5
 
 
 def test_seed_decides_the_noise(engine, ids) -> None:
