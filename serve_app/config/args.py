@@ -233,9 +233,10 @@ class AppConfig(_Strict):
         None,
         ge=1,
         le=256,
-        description="Sentence items a CPU synthesizer replica runs at once, sharing its "
-        "`cpu_threads` evenly at every stage (a lone item gets them all). Default: one per "
-        "torch thread; 1 runs items one after another with every thread.",
+        description="Sentence items a CPU synthesizer replica runs at once, re-splitting its "
+        "`cpu_threads` at every stage: one engine thread takes the threads the others leave, "
+        "the others run with one each, so a lone item gets them all. Default: one per torch "
+        "thread; 1 runs items one after another with every thread.",
     )
     cpu_engine_nice: int = Field(
         19,

@@ -95,6 +95,7 @@ def test_items_side_by_side_keep_their_length_and_audio(engine, ids) -> None:
     items = [item(seq, seed=200 + k) for k, seq in enumerate(ids)]
     before = torch.get_num_threads()
     engine.cores = CoreShare(2, 2)
+    engine.cores.lead_here()
     try:
         alone = [engine.synthesize([it])[0] for it in items]  # each with both threads
         with ThreadPoolExecutor(2) as pool:  # two at a time, one thread each
