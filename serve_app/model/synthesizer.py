@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from ray import serve
 from serve_app.config import SynthesizerUserConfig, VoiceSource, configure_logging
 from serve_app.errors import ItemTooLarge, SynthesisError
 from serve_app.metrics import SynthesizerMetrics
-from serve_app.model.cores import CoreShare, EngineThreads
+from serve_app.model.cores import CoreShare
 from serve_app.model.engines.base import Engine, SynthesisItem, Synthesized, is_out_of_memory
 from serve_app.model.profile import SpeedProfile, measure
 from serve_app.model.runs import BatchRun, Gate, cap_after_out_of_memory
@@ -110,20 +111,26 @@ class Synthesizer:
         # NOTE: engine threads run everything torch does here, loading included: the event
         # loop stays free to take items, cancellations and health checks while a batch runs.
         # On a GPU one thread runs batches one after another. On CPU up to `side_by_side`
-        # items run at once, one per thread, sharing the torch threads (`model.cores`): a
-        # lone item gets them all.
+        # items run at once, one per thread, sharing the cores (`model.cores`): each with one
+        # torch thread, a lone item's decoder with a helper. Two items each with all the
+        # threads would start two
+        # OpenMP teams of more threads than cores, and GNU OpenMP then stops spinning between
+        # the decoder's many small parallel regions (measured on 2 cores: 1.5 cores used and
+        # 10.7 audio-s/s, against 2.0 and 14.9 with one item at a time).
         workers = (cpu_side_by_side or threads or 1) if cpu else 1
         cores = CoreShare(threads, workers) if cpu and threads and workers > 1 else None
-        nice = cpu_nice if cpu else 0
-        self._threads = EngineThreads(
-            workers, threads, cores, lambda count: engine_thread(count, nice)
+        self._executor = ThreadPoolExecutor(
+            workers,
+            thread_name_prefix="chorus-engine",
+            initializer=engine_thread,
+            initargs=(threads, cpu_nice if cpu else 0),
         )
         sources = [VoiceSource.model_validate(v) for v in voices]
         # NOTE: the engine is imported (torch with it), built and loaded on its own thread
         # too, at its niceness: a CPU replica's start then yields the cores to the ingress
         # and the front door, which meanwhile answer a burst (measured: 2.5 CPU-s of a 3 s
         # cold burst went to the start, and refusals waited for it; load_tests.bench_burst).
-        self.engine = self._threads.on_lead(
+        self.engine = self._executor.submit(
             _built, sources, engine_cls, engine_kwargs or {}, self.device, cores
         ).result()
         # Batches at once: as many as items side by side where the engine shares the cores.
@@ -156,8 +163,9 @@ class Synthesizer:
         final settings, before the replica takes requests.
         """
         settings = SynthesizerUserConfig.model_validate(user_config or {})
+        loop = asyncio.get_running_loop()
         async with self._gate.alone():  # NOTE: never beside a running batch
-            await asyncio.wrap_future(self._threads.on_lead(self.engine.reconfigure, settings))
+            await loop.run_in_executor(self._executor, self.engine.reconfigure, settings)
             self._apply_batching(settings)
             await self._measure_speed()
 
@@ -165,7 +173,8 @@ class Synthesizer:
         """Time probe batches at one item and at the batch size (the ingress's door counts on
         this until it has measured drain of its own). A probe that fails or stalls leaves no
         profile: the door then waits for measured drain, as on a server without one."""
-        probe = asyncio.wrap_future(self._threads.on_lead(self._probe, self.max_batch_size))
+        loop = asyncio.get_running_loop()
+        probe = loop.run_in_executor(self._executor, self._probe, self.max_batch_size)
         try:
             speed = await asyncio.wait_for(probe, self.settings.stall_timeout_s)
         except Exception as exc:
@@ -225,9 +234,10 @@ class Synthesizer:
     ) -> list[Synthesized | BaseException]:
         """One batch from the queue (`self._batch`, made in __init__: `@serve.batch` with as
         many batches at once as the replica runs side by side)."""
+        loop = asyncio.get_running_loop()
         async with self._gate.shared():
             start = time.monotonic()
-            run = await self._threads.run(self._run_batch, items)
+            run = await loop.run_in_executor(self._executor, self._run_batch, items)
             seconds = time.monotonic() - start
         results = run.results
         cap = cap_after_out_of_memory(run.sizes)
@@ -375,6 +385,6 @@ class Synthesizer:
             )
 
     def __del__(self) -> None:
-        threads = getattr(self, "_threads", None)
-        if threads is not None:
-            threads.shutdown()
+        executor = getattr(self, "_executor", None)
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)

@@ -13,6 +13,8 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import Executor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +24,7 @@ import torch
 from torch.nn import functional as F
 
 from serve_app.config import SynthesizerUserConfig, VoiceSource
-from serve_app.model.cores import CoreShare
+from serve_app.model.cores import one_thread
 from serve_app.model.engines import precision
 from serve_app.model.engines.base import Engine, SynthesisItem
 from serve_app.model.engines.decoder import DTYPES, Decoder2d, DecoderRunner, frame_mask
@@ -52,13 +54,10 @@ _DURATION_NOISE, _LATENT_NOISE = 0, 1
 def decode_bucket(frames: int) -> int:
     """Padded length for a per-item decode on CPU.
 
-    NOTE: oneDNN builds new convolution primitives for every input length it has not seen
-    (~20-100 ms here), so real text, where almost every sentence has a new length, ran at
-    half speed. Buckets warmed at start keep it on cached primitives; the padding never
-    changes the audio (the decoder zeroes it per layer) but is work: the benchmark's twelve
-    sentences decoded 4.7% more frames than they have (10.2% with steps of 32 up to 256 and
-    64 above, which warmed 2.4 s faster at one and two threads together).
-    """
+    NOTE: oneDNN builds new convolution primitives for every length it has not seen (~20-100
+    ms here): real text ran at half speed. Buckets warmed at start keep it on cached ones; the
+    padding never changes the audio (the decoder zeroes it per layer) but is work: 4.7% more
+    frames for the benchmark's sentences (10.2% with steps of 32 up to 256, then 64)."""
     for step, limit in ((16, 256), (32, 512), (64, 1024), (256, 4096)):
         if frames <= limit:
             return -(-frames // step) * step
@@ -146,7 +145,11 @@ class VitsVoice:
         return self.model.emb_g(ids).unsqueeze(-1)
 
     def decode(
-        self, z: torch.Tensor, frames: list[int], g: torch.Tensor | None = None
+        self,
+        z: torch.Tensor,
+        frames: list[int],
+        g: torch.Tensor | None = None,
+        helper: Executor | None = None,
     ) -> list[np.ndarray]:
         """Audio of each item of a padded group of latents (padding zeroed at every layer);
         `g`: their speakers (see `speakers`)."""
@@ -155,15 +158,18 @@ class VitsVoice:
             mask = frame_mask(frames, z.size(2), z.device)
         elif frames[0] != z.size(2):
             mask = frames[0]
-        out = self.decoder(z, mask, g).cpu().numpy()
+        out = self.decoder(z, mask, g, helper).cpu().numpy()
         hop = self.params.hop_length
         return [out[i, : n * hop].copy() for i, n in enumerate(frames)]
 
-    def decode_one(self, z: torch.Tensor, item: Aligned) -> np.ndarray:
-        """One item's audio, its latents padded to the length bucket (see `decode_bucket`)."""
+    def decode_one(
+        self, z: torch.Tensor, item: Aligned, helper: Executor | None = None
+    ) -> np.ndarray:
+        """One item's audio, its latents padded to the length bucket (see `decode_bucket`);
+        `helper`: a thread that may take part of the decode (the same samples)."""
         width = decode_bucket(item.frames)
         z = z[:, :, :width] if z.size(2) >= width else F.pad(z, (0, width - z.size(2)))
-        return self.decode(z, [item.frames], self.speakers([item.item]))[0]
+        return self.decode(z, [item.frames], self.speakers([item.item]), helper)[0]
 
     def warm_decoder(self, up_to: int) -> float:
         """Run every CPU length bucket once; seconds taken."""
@@ -264,17 +270,16 @@ class PiperEngine(Engine):
     def _warm(self) -> None:
         if not self.warm_buckets or self.batched_decode:
             return
-        # NOTE: oneDNN's cached primitives hold a thread count: warm at each share an item
-        # can run with (a bucket first met at another count cost ~75 ms once).
+        # NOTE: oneDNN's cached primitives hold a thread count: warm at the one items use.
         before = torch.get_num_threads()
-        for threads in self.cores.shares() if self.cores else [before]:
-            torch.set_num_threads(threads)
-            for voice in self._voices.values():
-                seconds = voice.warm_decoder(_WARM_BUCKETS_UP_TO)
-                logger.info(
-                    "Decoder buckets of %s warm in %.1f s at %d thread(s)",
-                    voice.info.id, seconds, threads,
-                )  # fmt: skip
+        threads = 1 if self.cores else before
+        torch.set_num_threads(threads)
+        for voice in self._voices.values():
+            seconds = voice.warm_decoder(_WARM_BUCKETS_UP_TO)
+            logger.info(
+                "Decoder buckets of %s warm in %.1f s at %d thread(s)",
+                voice.info.id, seconds, threads,
+            )  # fmt: skip
         torch.set_num_threads(before)
 
     def _frame_budget(self) -> int:
@@ -315,20 +320,16 @@ class PiperEngine(Engine):
         self, voice: VitsVoice, items: list[SynthesisItem]
     ) -> tuple[list[np.ndarray], int]:
         """Each item through both stages alone: nothing about it depends on its batch. Items
-        running side by side on other threads share the cores, re-split at every stage."""
+        running side by side on other threads share the cores (`model.cores`): each stage at
+        one torch thread, a lone item's decoder with a helper; the same samples either way."""
         audio, computed = [], 0
-        cores = self.cores or CoreShare(torch.get_num_threads(), 1)  # alone: as set
         for item in items:
-            with cores.item():
-                # NOTE: a thread count splits some sums differently (output within 3e-5);
-                # durations are rounded up to whole frames, so the phoneme stage always runs
-                # with the same count: an item's length never depends on what runs beside it.
-                cores.apply(fixed=True)
+            with self.cores.item() if self.cores else nullcontext():
+                if self.cores:
+                    one_thread()
                 (aligned,) = voice.align([item])
-                cores.apply()
-                z = voice.latents([aligned])
-                cores.apply()
-                audio.append(voice.decode_one(z, aligned))
+                helper = self.cores.helpers() if self.cores else None
+                audio.append(voice.decode_one(voice.latents([aligned]), aligned, helper))
             computed += decode_bucket(aligned.frames)
         return audio, computed
 
@@ -363,6 +364,8 @@ class PiperEngine(Engine):
 
     def close(self) -> None:
         self._voices.clear()
+        if self.cores:
+            self.cores.close()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
