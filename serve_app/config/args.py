@@ -233,10 +233,10 @@ class AppConfig(_Strict):
         None,
         ge=1,
         le=256,
-        description="Sentence items a CPU synthesizer replica runs at once, re-splitting its "
-        "`cpu_threads` at every stage: one engine thread takes the threads the others leave, "
-        "the others run with one each, so a lone item gets them all. Default: one per torch "
-        "thread; 1 runs items one after another with every thread.",
+        description="Sentence items a CPU synthesizer replica runs at once, each with one "
+        "torch thread (a lone item's decoder also takes a helper thread; the samples are the "
+        "same either way). Default: one per torch thread; 1 runs items one after another "
+        "with every thread.",
     )
     cpu_engine_nice: int = Field(
         19,

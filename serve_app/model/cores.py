@@ -3,8 +3,8 @@
 Measured on 2 cores (docs/performance.md, "Against piper's own server"): one item at a time
 with two torch threads leaves the cores half used under load (the model's many small
 operations wait at each other's thread barriers), and two one-thread items side by side make
-more audio. So a replica runs up to `workers` items at once, one per engine thread, each with
-one torch thread; a lone item's decoder takes a helper thread for part of its work.
+more audio. So a replica runs up to `cpu_side_by_side` items at once, one per engine thread,
+each with one torch thread; a lone item's decoder takes a helper thread for part of its work.
 
 NOTE: every stage runs with one torch thread whatever runs beside it, because a thread count
 moves a convolution's sums (2-3e-7 on the decoder's output here, which tips 16-bit samples
@@ -22,12 +22,11 @@ from contextlib import contextmanager
 
 
 class CoreShare:
-    """`threads` cores shared by up to `workers` items running at once, one torch thread
-    each, and `threads - 1` helpers a lone item may use."""
+    """`threads` cores shared by the items running at once, one torch thread each, and
+    `threads - 1` helpers a lone item may use."""
 
-    def __init__(self, threads: int, workers: int) -> None:
+    def __init__(self, threads: int) -> None:
         self.threads = threads
-        self.workers = workers
         self._running = 0
         self._lock = threading.Lock()
         self._helpers: ThreadPoolExecutor | None = None

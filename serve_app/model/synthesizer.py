@@ -113,12 +113,12 @@ class Synthesizer:
         # On a GPU one thread runs batches one after another. On CPU up to `side_by_side`
         # items run at once, one per thread, sharing the cores (`model.cores`): each with one
         # torch thread, a lone item's decoder with a helper. Two items each with all the
-        # threads would start two
-        # OpenMP teams of more threads than cores, and GNU OpenMP then stops spinning between
-        # the decoder's many small parallel regions (measured on 2 cores: 1.5 cores used and
-        # 10.7 audio-s/s, against 2.0 and 14.9 with one item at a time).
+        # threads would start two OpenMP teams of more threads than cores, and GNU OpenMP
+        # then stops spinning between the decoder's many small parallel regions (measured on
+        # 2 cores: 1.5 cores used and 10.7 audio-s/s, against 2.0 and 14.9 with one item at
+        # a time).
         workers = (cpu_side_by_side or threads or 1) if cpu else 1
-        cores = CoreShare(threads, workers) if cpu and threads and workers > 1 else None
+        cores = CoreShare(threads) if cpu and threads and workers > 1 else None
         self._executor = ThreadPoolExecutor(
             workers,
             thread_name_prefix="chorus-engine",

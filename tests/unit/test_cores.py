@@ -13,7 +13,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def test_a_lone_item_gets_a_helper_and_items_side_by_side_get_none() -> None:
-    cores = CoreShare(2, 2)
+    cores = CoreShare(2)
     try:
         with cores.item():
             helper = cores.helpers()
@@ -21,7 +21,7 @@ def test_a_lone_item_gets_a_helper_and_items_side_by_side_get_none() -> None:
             with cores.item():  # a second item: each has a core of its own
                 assert cores.running == 2 and cores.helpers() is None
         assert cores.running == 0
-        assert CoreShare(1, 1).helpers() is None  # no other core
+        assert CoreShare(1).helpers() is None  # no other core
     finally:
         cores.close()
 

@@ -94,7 +94,7 @@ def test_batch_gives_each_item_its_own_audio(engine, ids, policy) -> None:
 def test_items_side_by_side_keep_their_audio_to_the_bit(engine, ids) -> None:
     items = [item(seq, seed=200 + k) for k, seq in enumerate(ids)]
     before = torch.get_num_threads()
-    engine.cores = CoreShare(2, 2)
+    engine.cores = CoreShare(2)
     try:
         alone = [engine.synthesize([it])[0] for it in items]  # each with a decoder helper
         with ThreadPoolExecutor(2) as pool:  # two at a time, no helper
