@@ -1,7 +1,7 @@
 """On CPU, Chorus against piper's own HTTP server, side by side in one run, one server at a time.
 
     python -m load_tests bench_vs_piper [--layouts "1x2;2x1"] [--clients 16] [--seconds 90]
-                                        [--one-client-seconds 40] [--rounds 1]
+                                        [--one-client-seconds 40] [--rounds 1] [--repeats 5]
                                         [--save-as vs_piper_cpu]
 
 piper: `python -m piper.http_server` with the same voice file (onnxruntime, a thread per
@@ -11,11 +11,13 @@ R > 1 each replica asks Ray for 1/R of a CPU so all of them fit beside the ingre
 app args after it: `2x1+items_per_call=1+cpu_engine_nice=0`.
 
 Each server gets closed-loop clients sending one sentence each (the sentences of
-`load_tests/texts.py` in turn, whole wav files): one client for `--one-client-seconds`, then
-`--clients` clients for `--seconds`. Chorus also gets streamed requests one at a time: each
-of the sentences alone (whole file), then the same sentence followed by two more, streamed
-(pcm): how much later than one sentence's synthesis its first audio comes. `--rounds 2`
-runs the servers twice, in turn (piper, layouts..., piper, layouts...), to show the spread.
+`load_tests/texts.py` in turn, whole wav files): one client for `--one-client-seconds`; one
+client sending each sentence `--repeats` times in a row (its median latency: Chorus over piper
+sentence by sentence); then `--clients` clients for `--seconds`. Chorus also gets streamed
+requests one at a time: each of the sentences alone (whole file), then the same sentence
+followed by two more, streamed (pcm): how much later than one sentence's synthesis its first
+audio comes. `--rounds 2` runs the servers twice, in turn (piper, layouts..., piper,
+layouts...), to show the spread.
 """
 
 from __future__ import annotations
@@ -89,6 +91,26 @@ async def closed(server: srv.Server, clients: int, seconds: float) -> dict:
         return await load.closed_loop(ask, clients, seconds)
 
 
+async def per_sentence(server: srv.Server, repeats: int) -> list[float]:
+    """One client: each sentence `repeats` times in a row (a new seed each), its median
+    latency in seconds, in the order of `SENTENCES`.
+
+    NOTE: the closed loop's p50 falls between two sentences' latencies: with these sentences
+    half take under ~0.15 s and half over ~0.2 s (piper), and where in that gap it lands moves
+    the ratio by 0.1-0.3. Sentence by sentence, the ratio says how much longer each one takes."""
+    url = server.url + server.speech_path
+    out = []
+    async with aiohttp.ClientSession() as session:
+        for k, sentence in enumerate(SENTENCES):
+            answers = [
+                await load.post(session, url, body(server, sentence, 1000 * k + r), 60)
+                for r in range(repeats)
+            ]
+            assert all(a.status == 200 for a in answers), answers
+            out.append(round(median(a.latency_s for a in answers), 4))
+    return out
+
+
 async def first_audio(server: srv.Server) -> dict:
     """Each sentence alone (whole file), then streamed with two more after it: the first
     audio's delay over the sentence alone."""
@@ -127,6 +149,7 @@ def measure(server: srv.Server, workdir: Path, args: argparse.Namespace) -> dict
     with srv.running(server, workdir):
         out: dict = {"label": server.label}
         out["one_client"] = asyncio.run(closed(server, 1, args.one_client_seconds))
+        out["per_sentence_s"] = asyncio.run(per_sentence(server, args.repeats))
         out["clients"] = asyncio.run(closed(server, args.clients, args.seconds))
         if server.name != "piper":  # piper's server answers whole files only
             out["streamed"] = asyncio.run(first_audio(server))
@@ -155,9 +178,16 @@ def verdicts(piper: dict, chorus: dict) -> dict:
     throughput = chorus["clients"]["audio_s_per_s"] / piper["clients"]["audio_s_per_s"]
     one_p50 = chorus["one_client"]["latency_s"]["p50"] / piper["one_client"]["latency_s"]["p50"]
     late = chorus["streamed"]["first_audio_after_sentence_s"]["p50"]
+    ratios = [c / p for c, p in zip(chorus["per_sentence_s"], piper["per_sentence_s"], strict=True)]
     return {
         "throughput_x_piper": round(throughput, 3),
         "one_client_p50_x_piper": round(one_p50, 3),
+        "per_sentence_x_piper": {
+            "median": round(median(ratios), 3),
+            "min": round(min(ratios), 3),
+            "max": round(max(ratios), 3),
+            "each": [round(r, 2) for r in ratios],
+        },
         "first_audio_after_sentence_p50_s": late,
         "reached": {
             "throughput": throughput >= THROUGHPUT_GOAL,
@@ -178,6 +208,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=90)
     parser.add_argument("--one-client-seconds", type=float, default=40)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="one client, each sentence this many times"
+    )
     parser.add_argument("--save-as", default="vs_piper_cpu")
     args = parser.parse_args()
     began = time.perf_counter()
