@@ -4,15 +4,13 @@ Measured on 2 cores (docs/performance.md, "Against piper's own server"): one ite
 with two torch threads leaves the cores half used under load (the model's many small
 operations wait at each other's thread barriers), and two one-thread items side by side make
 more audio. So a replica runs up to `cpu_side_by_side` items at once, one per engine thread,
-each with one torch thread; a lone item's flow and decoder take a helper thread for part of
-their work.
+each with one torch thread; a lone item's decoder takes a helper thread for part of its work.
 
 NOTE: every stage runs with one torch thread whatever runs beside it, because a thread count
 moves a convolution's sums (2-3e-7 on the decoder's output here, which tips 16-bit samples
 and, in the phoneme stage, can tip a duration's rounding): an item's samples are then the
 same alone or beside others, to the bit. A helper runs whole decoder blocks at one thread
-too (`engines.decoder`), and half of a long flow where the engine has checked that this
-gives the same values on this CPU (`engines.vits.flow_reverse_halves`): how soon, never what.
+too (`engines.decoder`), so it changes how soon, never what.
 """
 
 from __future__ import annotations
@@ -75,16 +73,3 @@ def one_thread() -> None:
     torch.get_num_threads()
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)
-
-
-@contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """This thread's torch operations run with `threads` threads while inside."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

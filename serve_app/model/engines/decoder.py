@@ -43,19 +43,6 @@ def frame_mask(frames: list[int], width: int, device: torch.device) -> torch.Ten
     return (torch.arange(width, device=device) < lengths[:, None]).float()
 
 
-def decode_bucket(frames: int) -> int:
-    """Padded length for a per-item decode on CPU.
-
-    NOTE: oneDNN builds new convolution primitives for every length it has not seen (~20-100
-    ms here): real text ran at half speed. Buckets warmed at start keep it on cached ones; the
-    padding never changes the audio (the decoder zeroes it per layer) but is work: 4.7% more
-    frames for the benchmark's sentences (10.2% with steps of 32 up to 256, then 64)."""
-    for step, limit in ((16, 256), (32, 512), (64, 1024), (256, 4096)):
-        if frames <= limit:
-            return -(-frames // step) * step
-    return -(-frames // 1024) * 1024
-
-
 class _ResBlock(nn.Module):
     """ResBlock1 (two convs per step) or ResBlock2 (one), on 2-D tensors."""
 

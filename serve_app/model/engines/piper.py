@@ -24,27 +24,17 @@ import torch
 from torch.nn import functional as F
 
 from serve_app.config import SynthesizerUserConfig, VoiceSource
-from serve_app.model.cores import one_thread, torch_threads
+from serve_app.model.cores import one_thread
 from serve_app.model.engines import precision
 from serve_app.model.engines.base import Engine, SynthesisItem
-from serve_app.model.engines.decoder import (
-    DTYPES,
-    Decoder2d,
-    DecoderRunner,
-    decode_bucket,
-    frame_mask,
-)
+from serve_app.model.engines.decoder import DTYPES, Decoder2d, DecoderRunner, frame_mask
 from serve_app.model.engines.grouping import plan_groups
 from serve_app.model.engines.noise import gaussian
-from serve_app.model.engines.samples import check_items, warmup_item
 from serve_app.model.engines.vits import (
     build_vits,
     expand,
-    flow_reach,
     flow_reverse,
-    flow_reverse_halves,
     frame_to_phoneme,
-    halves_match,
     read_onnx_voice,
     sdp_reverse,
 )
@@ -57,11 +47,21 @@ _WARM_BUCKETS_UP_TO = 1024
 # A generous upper estimate of frames per phoneme id (medium voices, speed 1), used to size
 # phoneme-stage groups before the real frame counts are known.
 _FRAMES_PER_PHONEME = 6
-# A lone item's flow runs in two halves (`flow_reverse_halves`) from this many times its
-# reach: below, the overlap makes each half nearly as long as the whole.
-_HALVES_FROM = 5
 # Noise streams of one item: durations, then latents.
 _DURATION_NOISE, _LATENT_NOISE = 0, 1
+
+
+def decode_bucket(frames: int) -> int:
+    """Padded length for a per-item decode on CPU.
+
+    NOTE: oneDNN builds new convolution primitives for every length it has not seen (~20-100
+    ms here): real text ran at half speed. Buckets warmed at start keep it on cached ones; the
+    padding never changes the audio (the decoder zeroes it per layer) but is work: 4.7% more
+    frames for the benchmark's sentences (10.2% with steps of 32 up to 256, then 64)."""
+    for step, limit in ((16, 256), (32, 512), (64, 1024), (256, 4096)):
+        if frames <= limit:
+            return -(-frames // step) * step
+    return -(-frames // 1024) * 1024
 
 
 @dataclass
@@ -93,8 +93,6 @@ class VitsVoice:
         decoder = Decoder2d(self.model.dec, params.upsample_rates).eval().to(device)
         self.decoder = DecoderRunner(decoder.to(memory_format=torch.channels_last))
         del self.model.dec  # replaced by the 2-D decoder above
-        self.flow_reach = flow_reach(self.model.flow)
-        self.flow_halves = False  # a lone item's flow in two halves at once (`check_flow_halves`)
 
     @torch.inference_mode()
     def align(self, items: list[SynthesisItem]) -> list[Aligned]:
@@ -119,9 +117,8 @@ class VitsVoice:
         ]
 
     @torch.inference_mode()
-    def latents(self, group: list[Aligned], helper: Executor | None = None) -> torch.Tensor:
-        """The flow's input and output for one padded group: z (B, C, T), zero past each end;
-        `helper`: a thread that may run half of a long lone item's flow (the same values)."""
+    def latents(self, group: list[Aligned]) -> torch.Tensor:
+        """The flow's input and output for one padded group: z (B, C, T), zero past each end."""
         dev, frames = self.device, [a.frames for a in group]
         width = max(frames)
         # NOTE: each frame takes its phoneme's prior by index (piper multiplies by a 0/1 path
@@ -136,8 +133,6 @@ class VitsVoice:
         z_p = m_p + eps_z * torch.exp(logs_p) * noise_scale
         g = self.speakers([a.item for a in group])
         if len(group) == 1:  # nothing padded: the flow need not mask (7% faster on CPU)
-            if helper is not None and self.flow_halves and width >= _HALVES_FROM * self.flow_reach:
-                return flow_reverse_halves(self.model.flow, z_p, g, helper, self.flow_reach)
             return flow_reverse(self.model.flow, z_p, None, g)
         return flow_reverse(self.model.flow, z_p, y_mask, g) * y_mask
 
@@ -148,13 +143,6 @@ class VitsVoice:
             return None
         ids = torch.tensor([it.speaker for it in items], device=self.device)
         return self.model.emb_g(ids).unsqueeze(-1)
-
-    def check_flow_halves(self, helper: Executor) -> bool:
-        """Whether a lone item's flow as two halves at once (`flow_reverse_halves`) gives the
-        whole's values to the bit on this CPU, at one torch thread as items run; used if so."""
-        widths = (_HALVES_FROM * self.flow_reach, 7 * self.flow_reach + 5, 900)
-        self.flow_halves = halves_match(self.model.flow, self.flow_reach, widths, helper)
-        return self.flow_halves
 
     def decode(
         self,
@@ -256,9 +244,8 @@ class PiperEngine(Engine):
                     f"voice {info.id!r}: {info.model_path} is not a usable Piper VITS voice: {exc}"
                 ) from exc
         logger.info("Loaded voices %s on %s", list(self._voices), self.device)
-        self.synthesize([warmup_item(v.info) for v in self._voices.values()])
+        self.synthesize([_warmup_item(v.info) for v in self._voices.values()])
         self._warm()
-        self._check_flow_halves()
 
     def reconfigure(self, settings: SynthesizerUserConfig) -> None:
         """Decoder precision and compilation (checked before use), and the frame budget."""
@@ -273,7 +260,7 @@ class PiperEngine(Engine):
         self.decoder_refused = None
         for voice in self._voices.values():
             reason = precision.try_decoder(
-                voice, dtype, compile_, check_items(voice.info), self.min_decoder_snr_db
+                voice, dtype, compile_, _check_items(voice.info), self.min_decoder_snr_db
             )
             if reason is not None:
                 self.decoder_refused = reason
@@ -284,32 +271,22 @@ class PiperEngine(Engine):
         if not self.warm_buckets or self.batched_decode:
             return
         # NOTE: oneDNN's cached primitives hold a thread count: warm at the one items use.
-        threads = 1 if self.cores else torch.get_num_threads()
-        with torch_threads(threads):
-            for voice in self._voices.values():
-                seconds = voice.warm_decoder(_WARM_BUCKETS_UP_TO)
-                logger.info(
-                    "Decoder buckets of %s warm in %.1f s at %d thread(s)",
-                    voice.info.id, seconds, threads,
-                )  # fmt: skip
-
-    def _check_flow_halves(self) -> None:
-        helper = self.cores.helpers() if self.cores and not self.batched_decode else None
-        if helper is None:
-            return
-        with torch_threads(1):  # as items run: one torch thread each
-            for voice in self._voices.values():
-                if not voice.check_flow_halves(helper):
-                    logger.warning(
-                        "Voice %s: its flow in two halves differs from the whole on this CPU; "
-                        "a lone item's flow runs on one thread", voice.info.id,
-                    )  # fmt: skip
+        before = torch.get_num_threads()
+        threads = 1 if self.cores else before
+        torch.set_num_threads(threads)
+        for voice in self._voices.values():
+            seconds = voice.warm_decoder(_WARM_BUCKETS_UP_TO)
+            logger.info(
+                "Decoder buckets of %s warm in %.1f s at %d thread(s)",
+                voice.info.id, seconds, threads,
+            )  # fmt: skip
+        torch.set_num_threads(before)
 
     def _frame_budget(self) -> int:
         if self.device.type != "cuda" or not self._voices:
             return precision.CPU_FRAME_BUDGET
         voice = next(iter(self._voices.values()))
-        return precision.frame_budget(voice, check_items(voice.info)[-1:] * 16)
+        return precision.frame_budget(voice, _check_items(voice.info)[-1:] * 16)
 
     @property
     def voices(self) -> list[str]:
@@ -352,8 +329,7 @@ class PiperEngine(Engine):
                     one_thread()
                 (aligned,) = voice.align([item])
                 helper = self.cores.helpers() if self.cores else None
-                z = voice.latents([aligned], helper)
-                audio.append(voice.decode_one(z, aligned, helper))
+                audio.append(voice.decode_one(voice.latents([aligned]), aligned, helper))
             computed += decode_bucket(aligned.frames)
         return audio, computed
 
@@ -397,3 +373,28 @@ class PiperEngine(Engine):
 def _column(items: list[SynthesisItem], field: str, device: torch.device) -> torch.Tensor:
     values = [getattr(it, field) for it in items]
     return torch.tensor(values, dtype=torch.float32, device=device).view(-1, 1, 1)
+
+
+def _ids(info: VoiceInfo, ipa: str) -> tuple[int, ...]:
+    ids = info.phoneme_id_map
+    seq = [ids["^"][0]] + [p for ch in ipa for p in (*ids.get(ch, ()), 0)]
+    return tuple(seq + [ids["$"][0]])
+
+
+def _warmup_item(info: VoiceInfo) -> SynthesisItem:
+    return SynthesisItem(info.id, _ids(info, "həlˈoʊ wˈɜːld."), 1.0, 0.667, 0.8, 0)
+
+
+# Sentences of varied length for the decoder precision check (IPA; any voice's map takes the
+# symbols it knows).
+_CHECK_IPA = (
+    "jˈɛs.",
+    "ðə kwˈɪk bɹˈaʊn fˈɑːks dʒˈʌmps ˌoʊvɚ ðə lˈeɪzi dˈɑːɡ.",
+    "spˈiːtʃ sˈɪnθəsˌɪs tˈɜːnz ɹˈɪʔn̩ wˈɜːdz ˌɪntʊ sˈaʊnd ðæt pˈiːpəl kæn hˈɪɹ, "
+    "wˈʌn sˈɛntəns æt ɐ tˈaɪm.",
+)
+
+
+def _check_items(info: VoiceInfo) -> list[SynthesisItem]:
+    """Noise off: what the check compares is the decoder alone."""
+    return [SynthesisItem(info.id, _ids(info, s), 1.0, 0.0, 0.0, 0) for s in _CHECK_IPA]

@@ -7,7 +7,6 @@ training-only dependencies.
 from __future__ import annotations
 
 import math
-from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -214,52 +213,6 @@ def flow_reverse(
             x1 = x1 - m
         z = torch.cat([x0, _masked(x1, mask)], 1)
     return z
-
-
-def flow_reach(block) -> int:
-    """Frames on each side of a frame that its value out of the flow depends on: the sum of
-    every WaveNet layer's reach (the coupling layers run one after another)."""
-    return sum(
-        conv.dilation[0] * (conv.kernel_size[0] - 1) // 2
-        for flow in block.flows
-        if hasattr(flow, "enc")
-        for conv in flow.enc.in_layers
-    )
-
-
-def flow_reverse_halves(
-    block, z: torch.Tensor, g: torch.Tensor | None, helper: Executor, reach: int
-) -> torch.Tensor:
-    """`flow_reverse` of one item (nothing padded) as two halves at once, the first on
-    `helper`: each half runs with `reach` frames of the other beyond its edge, so every frame
-    kept sees all it depends on.
-
-    NOTE: the same values as the whole only where a convolution's sums do not depend on the
-    length it runs over; `VitsVoice` checks that on its CPU before using this."""
-    half = z.size(2) // 2
-    first = helper.submit(_reverse_inference, block, z[:, :, : half + reach].contiguous(), g)
-    second = flow_reverse(block, z[:, :, half - reach :].contiguous(), None, g)
-    return torch.cat([first.result()[:, :, :half], second[:, :, reach:]], 2)
-
-
-@torch.inference_mode()
-def halves_match(block, reach: int, widths: tuple[int, ...], helper: Executor) -> bool:
-    """Whether `flow_reverse_halves` gives `flow_reverse`'s values to the bit here, on random
-    latents of each of `widths` frames (a speaker's conditioning is added alike to both)."""
-    gen, g = torch.Generator().manual_seed(0), None
-    channels = block.flows[0].channels
-    for width in widths:
-        z = torch.randn(1, channels, width, generator=gen)
-        if not torch.equal(
-            flow_reverse(block, z, None, g), flow_reverse_halves(block, z, g, helper, reach)
-        ):
-            return False
-    return True
-
-
-def _reverse_inference(block, z: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
-    with torch.inference_mode():  # NOTE: per thread; the caller's does not reach here
-        return flow_reverse(block, z, None, g)
 
 
 def _wn(wn, x: torch.Tensor, mask: torch.Tensor | None, g: torch.Tensor | None) -> torch.Tensor:
