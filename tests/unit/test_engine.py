@@ -16,6 +16,7 @@ from serve_app.config import SynthesizerUserConfig, VoiceSource
 from serve_app.model.cores import CoreShare
 from serve_app.model.engines import precision
 from serve_app.model.engines.base import SynthesisItem
+from serve_app.model.engines.decoder import Decoder2d
 from serve_app.model.engines.piper import PiperEngine
 from serve_app.model.engines.precision import snr_db
 from serve_app.model.engines.vits import read_onnx_voice
@@ -105,6 +106,20 @@ def test_items_side_by_side_keep_their_audio_to_the_bit(engine, ids) -> None:
         torch.set_num_threads(before)
     for a, b in zip(alone, beside, strict=True):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("kernels", [(3,), (3, 5, 7)])
+def test_a_decoder_helper_never_changes_the_samples(kernels) -> None:
+    from piper.train.vits.models import Generator
+
+    torch.manual_seed(0)
+    generator = Generator(
+        32, "2", kernels, ((1, 3),) * len(kernels), (4, 4), 32, (8, 8)
+    ).eval()  # any Piper voice's decoder: one residual block per stage or several
+    decoder = Decoder2d(generator, (4, 4)).to(memory_format=torch.channels_last)
+    z = torch.randn(1, 32, 40)
+    with ThreadPoolExecutor(1) as helper, torch.inference_mode():
+        assert torch.equal(decoder(z, 37, None, helper), decoder(z, 37))
 
 
 def test_padding_never_reaches_an_items_audio(engine, ids) -> None:

@@ -123,7 +123,10 @@ class Decoder2d(nn.Module):
             # NOTE: with a `helper` thread the last (widest) block runs there meanwhile: the
             # same operations at the same thread count, summed in the same order, so the
             # same samples as without (measured on 2 cores: ~1.7x for a lone item's decode).
-            far = helper.submit(_inference, blocks[-1], x, mask) if helper else None
+            # A stage of one block has nothing to run beside it.
+            far = None
+            if helper is not None and len(blocks) > 1:
+                far = helper.submit(_inference, blocks[-1], x, mask)
             acc = blocks[0](x, mask)
             for block in blocks[1:-1] if far else blocks[1:]:
                 acc = acc.add_(block(x, mask))
