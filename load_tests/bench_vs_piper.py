@@ -97,7 +97,7 @@ async def per_sentence(server: srv.Server, repeats: int) -> list[float]:
 
     NOTE: the closed loop's p50 falls between two sentences' latencies: with these sentences
     half take under ~0.15 s and half over ~0.2 s (piper), and where in that gap it lands moves
-    the ratio by 0.1-0.3. Sentence by sentence, the ratio says how much longer each one takes."""
+    the ratio by 0.1-0.4. Sentence by sentence, the ratio says how much longer each one takes."""
     url = server.url + server.speech_path
     out = []
     async with aiohttp.ClientSession() as session:
