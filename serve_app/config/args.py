@@ -226,17 +226,27 @@ class AppConfig(_Strict):
         None,
         ge=1,
         le=256,
-        description="Torch threads of a CPU synthesizer replica. Default: all cores of the "
-        "node; with several replicas per node, give each its share.",
+        description="Threads of a CPU synthesizer replica's engine (a lone sentence's, and "
+        "torch's). Default: all cores of the node; with several replicas per node, give each "
+        "its share.",
+    )
+    cpu_engine: Literal["onnxruntime", "pytorch"] = Field(
+        "onnxruntime",
+        description="What runs the voice on a CPU synthesizer replica: onnxruntime (the voice "
+        "file's own runtime, cut where the noise goes in; starts in about a second) or "
+        "pytorch (the GPU engine, run on CPU). Either takes its noise from the request's "
+        "seed: a seed gives the same audio in both (within 1e-4), and in each the same "
+        "samples alone or beside other sentences. GPU replicas always run pytorch "
+        "(docs/performance.md, Against piper's own server).",
     )
     cpu_side_by_side: int | None = Field(
         None,
         ge=1,
         le=256,
-        description="Sentence items a CPU synthesizer replica runs at once, each with one "
-        "torch thread (a lone item's decoder also takes a helper thread; the samples are the "
-        "same either way). Default: one per torch thread; 1 runs items one after another "
-        "with every thread.",
+        description="Sentence items a CPU synthesizer replica runs at once, each at one "
+        "thread (a lone item takes more: its frame part on cpu_threads threads in "
+        "onnxruntime, its decoder with a helper in pytorch; the samples are the same either "
+        "way). Default: one per thread; 1 runs items one after another with every thread.",
     )
     cpu_engine_nice: int = Field(
         19,

@@ -63,10 +63,16 @@ def _built(
     engine_kwargs: dict[str, Any],
     device: str,
     cores: CoreShare | None,
+    cpu_engine: str = "onnxruntime",
 ) -> Engine:
-    """The engine, loaded on `device` (the packaged voice's PyTorch engine by default); given
-    `cores` to share when it can run items side by side."""
-    if engine_cls is None:
+    """The engine, loaded on `device` (by default the voices in PyTorch, or on CPU in
+    onnxruntime when `cpu_engine` says so); given `cores` to share when it can run items side
+    by side."""
+    if engine_cls is None and device == "cpu" and cpu_engine == "onnxruntime":
+        from serve_app.model.engines.ort import OrtEngine
+
+        engine_cls = OrtEngine
+    elif engine_cls is None:
         from serve_app.model.engines.piper import PiperEngine
 
         engine_cls = PiperEngine
@@ -101,6 +107,7 @@ class Synthesizer:
         cpu_threads: int | None = None,
         cpu_nice: int = 0,
         cpu_side_by_side: int | None = None,
+        cpu_engine: str = "onnxruntime",
     ) -> None:
         configure_logging()
         self.device = pick_device()
@@ -131,7 +138,7 @@ class Synthesizer:
         # and the front door, which meanwhile answer a burst (measured: 2.5 CPU-s of a 3 s
         # cold burst went to the start, and refusals waited for it; load_tests.bench_burst).
         self.engine = self._executor.submit(
-            _built, sources, engine_cls, engine_kwargs or {}, self.device, cores
+            _built, sources, engine_cls, engine_kwargs or {}, self.device, cores, cpu_engine
         ).result()
         # Batches at once: as many as items side by side where the engine shares the cores.
         self.side_by_side = workers if self.engine.cores is not None else 1

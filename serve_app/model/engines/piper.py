@@ -30,6 +30,7 @@ from serve_app.model.engines.base import Engine, SynthesisItem
 from serve_app.model.engines.decoder import DTYPES, Decoder2d, DecoderRunner, frame_mask
 from serve_app.model.engines.grouping import plan_groups
 from serve_app.model.engines.noise import gaussian
+from serve_app.model.engines.samples import check_items, warmup_item
 from serve_app.model.engines.vits import (
     build_vits,
     expand,
@@ -244,7 +245,7 @@ class PiperEngine(Engine):
                     f"voice {info.id!r}: {info.model_path} is not a usable Piper VITS voice: {exc}"
                 ) from exc
         logger.info("Loaded voices %s on %s", list(self._voices), self.device)
-        self.synthesize([_warmup_item(v.info) for v in self._voices.values()])
+        self.synthesize([warmup_item(v.info) for v in self._voices.values()])
         self._warm()
 
     def reconfigure(self, settings: SynthesizerUserConfig) -> None:
@@ -260,7 +261,7 @@ class PiperEngine(Engine):
         self.decoder_refused = None
         for voice in self._voices.values():
             reason = precision.try_decoder(
-                voice, dtype, compile_, _check_items(voice.info), self.min_decoder_snr_db
+                voice, dtype, compile_, check_items(voice.info), self.min_decoder_snr_db
             )
             if reason is not None:
                 self.decoder_refused = reason
@@ -286,7 +287,7 @@ class PiperEngine(Engine):
         if self.device.type != "cuda" or not self._voices:
             return precision.CPU_FRAME_BUDGET
         voice = next(iter(self._voices.values()))
-        return precision.frame_budget(voice, _check_items(voice.info)[-1:] * 16)
+        return precision.frame_budget(voice, check_items(voice.info)[-1:] * 16)
 
     @property
     def voices(self) -> list[str]:
@@ -373,28 +374,3 @@ class PiperEngine(Engine):
 def _column(items: list[SynthesisItem], field: str, device: torch.device) -> torch.Tensor:
     values = [getattr(it, field) for it in items]
     return torch.tensor(values, dtype=torch.float32, device=device).view(-1, 1, 1)
-
-
-def _ids(info: VoiceInfo, ipa: str) -> tuple[int, ...]:
-    ids = info.phoneme_id_map
-    seq = [ids["^"][0]] + [p for ch in ipa for p in (*ids.get(ch, ()), 0)]
-    return tuple(seq + [ids["$"][0]])
-
-
-def _warmup_item(info: VoiceInfo) -> SynthesisItem:
-    return SynthesisItem(info.id, _ids(info, "həlˈoʊ wˈɜːld."), 1.0, 0.667, 0.8, 0)
-
-
-# Sentences of varied length for the decoder precision check (IPA; any voice's map takes the
-# symbols it knows).
-_CHECK_IPA = (
-    "jˈɛs.",
-    "ðə kwˈɪk bɹˈaʊn fˈɑːks dʒˈʌmps ˌoʊvɚ ðə lˈeɪzi dˈɑːɡ.",
-    "spˈiːtʃ sˈɪnθəsˌɪs tˈɜːnz ɹˈɪʔn̩ wˈɜːdz ˌɪntʊ sˈaʊnd ðæt pˈiːpəl kæn hˈɪɹ, "
-    "wˈʌn sˈɛntəns æt ɐ tˈaɪm.",
-)
-
-
-def _check_items(info: VoiceInfo) -> list[SynthesisItem]:
-    """Noise off: what the check compares is the decoder alone."""
-    return [SynthesisItem(info.id, _ids(info, s), 1.0, 0.0, 0.0, 0) for s in _CHECK_IPA]

@@ -1,0 +1,298 @@
+"""Piper voices run in onnxruntime, the voice file's own runtime: the CPU engine.
+
+Piper's graph draws its noise inside (two RandomNormalLike nodes), so its audio would
+depend on nothing a caller can repeat. Here each voice's graph is cut where the noise goes
+in: the phoneme part (text encoder, duration predictor, alignment) takes the duration noise
+as an input and gives every frame its prior; the latent noise is added here; the frame part
+(flow, decoder) makes the audio. Both draws are `noise.gaussian`'s, the PyTorch engine's: a
+seed gives an item the same noise in either engine, alone or beside any other item.
+
+Every item runs alone (batch 1), as piper runs a sentence: no padding, no per-length set-up
+cost. Threads: the phoneme part runs at one thread. The frame part (flow and decoder, about
+three quarters of the work) runs at one thread while other items run beside it (two
+one-thread items on two cores make more audio than two items sharing a pool: 23.5 against
+18-20 audio-s/s in-process), and on a pool of `threads` when it runs alone and is long
+enough. onnxruntime's matrix products (MLAS) split their columns between threads, and a
+thread with 64 columns or fewer sums its products in longer blocks than one with more; so
+from POOLED_FRAMES_PER_THREAD frames per thread, every thread of every product in the frame
+part has more than 64 columns and the pool's samples are the one thread's, to the bit
+(checked at load for each voice: where they differ, every item runs at one thread). An
+item's samples are therefore the same alone or beside others (tests/unit/test_ort_engine.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx.utils import Extractor
+
+from serve_app.config import VoiceSource
+from serve_app.model.cores import one_thread
+from serve_app.model.engines.base import Engine, SynthesisItem
+from serve_app.model.engines.noise import gaussian
+from serve_app.model.engines.samples import warmup_item
+from serve_app.model.voices import VoiceInfo, VoiceLoadError
+
+logger = logging.getLogger("ray.serve.chorus.engine")
+
+# Noise streams of one item, as in the PyTorch engine: durations, then latents.
+_DURATION_NOISE, _LATENT_NOISE = 0, 1
+# A lone item's frame part runs on the pool from this many frames per thread (module
+# docstring: below it a thread's share of a matrix product may be 64 columns or fewer).
+POOLED_FRAMES_PER_THREAD = 80
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Where a voice graph is cut: the tensors that cross between its two parts."""
+
+    duration_noise: str | None  # the duration predictor's noise (None: no stochastic one)
+    m_p: str  # each frame's prior mean (1, C, T)
+    logs_p: str  # and log scale
+    z_p: str  # the flow's input: m_p + noise * exp(logs_p) * noise_scale
+    carried: tuple[str, ...]  # what else the frame part reads from the phoneme part
+    output: str
+
+
+def find_cut(graph: onnx.GraphProto) -> Cut:
+    """The cut of a graph exported the way piper exports a VITS voice; ValueError if the
+    latent noise is not drawn and added there the way that export does."""
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+
+    def only_consumer(tensor: str, op_type: str) -> onnx.NodeProto:
+        found = consumers[tensor]
+        if len(found) != 1 or found[0].op_type != op_type:
+            raise ValueError(f"{tensor} is not read by one {op_type} as in piper's export")
+        return found[0]
+
+    normals = [n for n in graph.node if n.op_type == "RandomNormalLike"]
+    if not 1 <= len(normals) <= 2:
+        raise ValueError(f"{len(normals)} RandomNormalLike nodes (piper's export has 1 or 2)")
+    latent = normals[-1]
+    m_p = latent.input[0]
+    scaled = only_consumer(latent.output[0], "Mul")  # noise * exp(logs_p)
+    exp = producer.get(next(t for t in scaled.input if t != latent.output[0]))
+    if exp is None or exp.op_type != "Exp":
+        raise ValueError("the latent noise is not scaled by exp(logs_p)")
+    add = only_consumer(only_consumer(scaled.output[0], "Mul").output[0], "Add")
+    if m_p not in add.input:
+        raise ValueError("the latent noise is not added to the prior mean")
+    z_p = add.output[0]
+    frame_part = _downstream(z_p, consumers)
+    made_there = {out for node in frame_part for out in node.output}
+    constants = {i.name for i in graph.initializer} | {
+        out for node in graph.node if node.op_type == "Constant" for out in node.output
+    }
+    carried = dict.fromkeys(
+        name
+        for node in frame_part
+        for name in node.input
+        if name and name not in made_there and name not in constants and name != z_p
+    )
+    (output,) = (o.name for o in graph.output)
+    duration = normals[0].output[0] if len(normals) == 2 else None
+    return Cut(duration, m_p, exp.input[0], z_p, tuple(carried), output)
+
+
+def _downstream(tensor: str, consumers: dict[str, list[onnx.NodeProto]]) -> list[onnx.NodeProto]:
+    """Every node that reads `tensor`, directly or through other nodes."""
+    seen: dict[int, onnx.NodeProto] = {}
+    todo = [tensor]
+    while todo:
+        for node in consumers[todo.pop()]:
+            if id(node) not in seen:
+                seen[id(node)] = node
+                todo.extend(node.output)
+    return list(seen.values())
+
+
+class OrtVoice:
+    """One voice as onnxruntime sessions cut where the noise goes in (`find_cut`): the phoneme
+    part at one thread, the frame part at one thread and, for a lone item, at `threads`."""
+
+    def __init__(self, info: VoiceInfo, threads: int) -> None:
+        import onnxruntime as ort
+
+        model = onnx.load(str(info.model_path))
+        try:
+            cut = find_cut(model.graph)
+        except (ValueError, StopIteration) as exc:
+            raise VoiceLoadError(
+                f"{info.model_path} is not a usable Piper VITS voice: {exc}"
+            ) from exc
+        inputs = [i.name for i in model.graph.input]
+        self.speakers = "sid" in inputs
+        if self.speakers != bool(info.speakers):
+            raise VoiceLoadError(
+                f"its config names {max(1, len(info.speakers))} speaker(s), its graph "
+                f"{'takes' if self.speakers else 'has no'} speaker id"
+            )
+        _declare(model.graph, [cut.duration_noise, cut.m_p, cut.logs_p, cut.z_p, *cut.carried])
+        extractor = Extractor(model)
+        noise = [cut.duration_noise] if cut.duration_noise else []
+        front = extractor.extract_model(inputs + noise, [cut.m_p, cut.logs_p, *cut.carried])
+        back = extractor.extract_model([cut.z_p, *cut.carried], [cut.output]).SerializeToString()
+
+        def session(part: bytes, threads: int) -> Any:
+            return ort.InferenceSession(part, _options(threads), ["CPUExecutionProvider"])
+
+        self.info, self.cut = info, cut
+        self.front = session(front.SerializeToString(), 1)
+        self.frames_one = session(back, 1)
+        self.frames_pooled = session(back, threads) if threads > 1 else None
+        # Frames from which the pooled frame part gives the one-thread samples (None: never).
+        self.pooled_from: int | None = None
+        if self.frames_pooled is not None:
+            self.pooled_from = self._check_pool(POOLED_FRAMES_PER_THREAD * threads)
+
+    def _check_pool(self, from_frames: int) -> int | None:
+        """`from_frames` if the pooled frame part gives the one-thread samples at lengths from
+        there (checked on random latents at the edge and beyond), else None."""
+        m_p, _, *carried = self._phonemes(warmup_item(self.info))
+        frames = m_p.shape[2]
+        # NOTE: what crosses besides the latents is the frame mask (all ones for one item) and
+        # a speaker's embedding; anything else with a frame axis, and the check cannot pad it.
+        masks = [c.shape[-1] == frames for c in carried]
+        if any(m and not np.all(c == 1) for m, c in zip(masks, carried, strict=True)):
+            return self._unpooled("its frame part reads more than the frame mask")
+        rng = np.random.default_rng(0)
+        for frames in (from_frames, from_frames + 1, from_frames + 17, 2 * from_frames + 5):
+            z = rng.standard_normal((1, m_p.shape[1], frames), dtype=np.float32)
+            feed = [
+                np.ones((*c.shape[:-1], frames), np.float32) if mask else c
+                for mask, c in zip(masks, carried, strict=True)
+            ]
+            one, pooled = (self._frames(z, feed, s) for s in (self.frames_one, self.frames_pooled))
+            if not np.array_equal(one, pooled):
+                return self._unpooled(f"the pool's samples differ at {frames} frames")
+        return from_frames
+
+    def _unpooled(self, why: str) -> None:
+        logger.warning("Voice %s: every item runs at one thread (%s)", self.info.id, why)
+
+    def _frames(self, z_p: np.ndarray, carried: list[np.ndarray], session: Any) -> np.ndarray:
+        """The frame part on latents `z_p` (1, C, T); `carried`: the phoneme part's other
+        outputs (`Cut.carried`)."""
+        feed = dict(zip(self.cut.carried, carried, strict=True)) | {self.cut.z_p: z_p}
+        (audio,) = session.run(None, feed)
+        return audio.reshape(-1)
+
+    def synthesize(self, item: SynthesisItem, alone: bool) -> np.ndarray:
+        """One item's audio, float32 mono; `alone`: nothing else runs in the replica now (the
+        frame part may then take the pool: the same samples, sooner)."""
+        m_p, logs_p, *carried = self._phonemes(item)
+        frames = m_p.shape[2]
+        eps = gaussian([item.seed], _LATENT_NOISE, m_p.shape[1], [frames], _cpu()).numpy()
+        # NOTE: the graph's own order of operations: (noise * exp(logs_p)) * scale + m_p.
+        z_p = m_p + eps * np.exp(logs_p) * np.float32(item.noise_scale)
+        pooled = alone and self.pooled_from is not None and frames >= self.pooled_from
+        return self._frames(z_p, carried, self.frames_pooled if pooled else self.frames_one)
+
+    def _phonemes(self, item: SynthesisItem) -> list[np.ndarray]:
+        """The phoneme part: each frame's prior mean and log scale (1, C, T), then what the
+        frame part reads besides (`Cut.carried`)."""
+        cut, phonemes = self.cut, len(item.phoneme_ids)
+        feed: dict[str, np.ndarray] = {
+            "input": np.array([item.phoneme_ids], dtype=np.int64),
+            "input_lengths": np.array([phonemes], dtype=np.int64),
+            "scales": np.array([item.noise_scale, item.length_scale, item.noise_w], np.float32),
+        }
+        if self.speakers:
+            feed["sid"] = np.array([item.speaker], dtype=np.int64)
+        if cut.duration_noise:
+            noise = gaussian([item.seed], _DURATION_NOISE, 2, [phonemes], _cpu())
+            feed[cut.duration_noise] = noise.numpy()
+        return self.front.run(None, feed)
+
+
+def _declare(graph: onnx.GraphProto, names: list[str | None]) -> None:
+    """Declare the cut's tensors as float tensors where the export left them undeclared (the
+    extractor needs each one's type; piper's exports run shape inference, torch's need not)."""
+    known = {v.name for v in (*graph.value_info, *graph.input, *graph.output)}
+    graph.value_info.extend(
+        onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+        for name in names
+        if name and name not in known
+    )
+
+
+def _options(threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return options
+
+
+def _cpu() -> Any:
+    import torch
+
+    return torch.device("cpu")
+
+
+class OrtEngine(Engine):
+    """All configured Piper voices in onnxruntime, for CPU replicas: each item alone, side by
+    side with others on the replica's engine threads (module docstring)."""
+
+    concurrent_calls = True  # sessions are safe to run from several threads at once
+
+    def __init__(self, voices: list[VoiceSource], threads: int | None = None) -> None:
+        self._sources = voices
+        self._voices: dict[str, OrtVoice] = {}
+        self._threads = threads
+        self.threads = 0  # a lone item's, once loaded
+
+    def load(self, device: str) -> None:
+        if device != "cpu":
+            raise ValueError(f"the onnxruntime engine runs on CPU only, not {device!r}")
+        import torch
+
+        # NOTE: a replica's engine thread has torch set to the replica's threads.
+        threads = self._threads or (self.cores.threads if self.cores else torch.get_num_threads())
+        self.threads = threads
+        for source in self._sources:
+            info = VoiceInfo.load(source)
+            self._voices[info.id] = OrtVoice(info, threads)
+        logger.info("Voices %s in onnxruntime, %d threads", list(self._voices), threads)
+        self.synthesize([warmup_item(v.info) for v in self._voices.values()])
+
+    @property
+    def voices(self) -> list[str]:
+        return list(self._voices)
+
+    def sample_rate(self, voice: str) -> int:
+        return self._voices[voice].info.sample_rate
+
+    def synthesize(self, items: list[SynthesisItem]) -> list[np.ndarray]:
+        one_thread()  # the noise's few torch operations: no second team beside onnxruntime's
+        audio = []
+        for item in items:
+            with self.cores.item() if self.cores else nullcontext():
+                alone = self.cores is None or self.cores.running == 1
+                audio.append(self._voices[item.voice].synthesize(item, alone))
+        return audio
+
+    def status(self) -> dict[str, Any]:
+        pooled = {v.pooled_from for v in self._voices.values()}
+        return {
+            "runtime": "onnxruntime",
+            "batch_policy": "per_item",
+            "threads": self.threads,
+            "pooled_from_frames": None if None in pooled else max(pooled, default=None),
+        }
+
+    def close(self) -> None:
+        self._voices.clear()
+        if self.cores:
+            self.cores.close()

