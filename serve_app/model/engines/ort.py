@@ -8,16 +8,17 @@ as an input and gives every frame its prior; the latent noise is added here; the
 seed gives an item the same noise in either engine, alone or beside any other item.
 
 Every item runs alone (batch 1), as piper runs a sentence: no padding, no per-length set-up
-cost. Threads: the phoneme part runs at one thread. The frame part (flow and decoder, about
-three quarters of the work) runs at one thread while other items run beside it (two
-one-thread items on two cores make more audio than two items sharing a pool: 23.5 against
-18-20 audio-s/s in-process), and on a pool of `threads` when it runs alone and is long
-enough. onnxruntime's matrix products (MLAS) split their columns between threads, and a
-thread with 64 columns or fewer sums its products in longer blocks than one with more; so
-from POOLED_FRAMES_PER_THREAD frames per thread, every thread of every product in the frame
-part has more than 64 columns and the pool's samples are the one thread's, to the bit
-(checked at load for each voice: where they differ, every item runs at one thread). An
-item's samples are therefore the same alone or beside others (tests/unit/test_ort_engine.py).
+cost. Threads: the phoneme part runs at one thread; the frame part (flow and decoder, about
+three quarters of the work) on a pool of `threads` (as piper runs the whole), except that a
+long item runs it at one thread while other items run beside it: two one-thread items on two
+cores make more audio than two items sharing a pool (23.5 against 18-20 audio-s/s
+in-process). That switch never changes a sample. onnxruntime's matrix products (MLAS) split
+their columns between threads, and a thread with 64 columns or fewer sums its products in
+longer blocks than one with more; from POOLED_FRAMES_PER_THREAD frames per thread every thread
+of every product in the frame part has more than 64 columns, and the pool's samples are the
+one thread's to the bit (checked at load for each voice; where they differ, every item stays
+on the pool). A shorter item always runs on the pool, alone or not: its thread count, and so
+its samples, depend on nothing but the item (tests/unit/test_ort_engine.py).
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ class OrtVoice:
         self.front = session(front.SerializeToString(), 1)
         self.frames_one = session(back, 1)
         self.frames_pooled = session(back, threads) if threads > 1 else None
-        # Frames from which the pooled frame part gives the one-thread samples (None: never).
+        # Frames from which an item beside others may leave the pool (None: none may).
         self.pooled_from: int | None = None
         if self.frames_pooled is not None:
             self.pooled_from = self._check_pool(POOLED_FRAMES_PER_THREAD * threads)
@@ -178,7 +179,7 @@ class OrtVoice:
         return from_frames
 
     def _unpooled(self, why: str) -> None:
-        logger.warning("Voice %s: every item runs at one thread (%s)", self.info.id, why)
+        logger.warning("Voice %s: every item's frame part runs on the pool (%s)", self.info.id, why)
 
     def _frames(self, z_p: np.ndarray, carried: list[np.ndarray], session: Any) -> np.ndarray:
         """The frame part on latents `z_p` (1, C, T); `carried`: the phoneme part's other
@@ -188,15 +189,20 @@ class OrtVoice:
         return audio.reshape(-1)
 
     def synthesize(self, item: SynthesisItem, alone: bool) -> np.ndarray:
-        """One item's audio, float32 mono; `alone`: nothing else runs in the replica now (the
-        frame part may then take the pool: the same samples, sooner)."""
+        """One item's audio, float32 mono; `alone`: nothing else runs in the replica now (else
+        a long item's frame part leaves the pool: the same samples, more audio per core)."""
         m_p, logs_p, *carried = self._phonemes(item)
         frames = m_p.shape[2]
         eps = gaussian([item.seed], _LATENT_NOISE, m_p.shape[1], [frames], _cpu()).numpy()
         # NOTE: the graph's own order of operations: (noise * exp(logs_p)) * scale + m_p.
         z_p = m_p + eps * np.exp(logs_p) * np.float32(item.noise_scale)
-        pooled = alone and self.pooled_from is not None and frames >= self.pooled_from
-        return self._frames(z_p, carried, self.frames_pooled if pooled else self.frames_one)
+        if self.frames_pooled is None:
+            session = self.frames_one
+        elif alone or self.pooled_from is None or frames < self.pooled_from:
+            session = self.frames_pooled
+        else:
+            session = self.frames_one
+        return self._frames(z_p, carried, session)
 
     def _phonemes(self, item: SynthesisItem) -> list[np.ndarray]:
         """The phoneme part: each frame's prior mean and log scale (1, C, T), then what the
@@ -289,7 +295,7 @@ class OrtEngine(Engine):
             "runtime": "onnxruntime",
             "batch_policy": "per_item",
             "threads": self.threads,
-            "pooled_from_frames": None if None in pooled else max(pooled, default=None),
+            "leaves_pool_from_frames": None if None in pooled else max(pooled, default=None),
         }
 
     def close(self) -> None:
