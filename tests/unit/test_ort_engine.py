@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from load_tests import onnx_reference
-from serve_app.config import VoiceSource
+from serve_app.config import SynthesizerUserConfig, VoiceSource
 from serve_app.model.cores import CoreShare
 from serve_app.model.engines.base import SynthesisItem
 from serve_app.model.engines.ort import OrtEngine, find_cut
@@ -119,8 +119,20 @@ def test_output_is_speech_in_range(engine, ids) -> None:
     assert 1.0 < len(audio) / engine.sample_rate("joe") < 4.0
     assert engine.status() == {
         "runtime": "onnxruntime", "batch_policy": "per_item", "threads": 2,
-        "leaves_pool_from_frames": 160,
+        "leaves_pool_from_frames": 160, "decoder_refused": None,
     }  # fmt: skip
+
+
+def test_pytorch_only_decoder_settings_are_refused_and_said(engine, ids) -> None:
+    before = engine.synthesize([item(ids[0], seed=9)])[0]
+    try:
+        engine.reconfigure(SynthesizerUserConfig(decoder_dtype="float16", decoder_compile="on"))
+        refused = engine.status()["decoder_refused"]
+        assert "decoder_dtype float16 and decoder_compile on" in refused
+        assert np.array_equal(before, engine.synthesize([item(ids[0], seed=9)])[0])
+    finally:
+        engine.reconfigure(SynthesizerUserConfig())
+    assert engine.status()["decoder_refused"] is None
 
 
 @pytest.mark.parametrize("use_sdp", [True, False], ids=["stochastic_durations", "plain"])

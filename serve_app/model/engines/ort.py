@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 from onnx.utils import Extractor
 
-from serve_app.config import VoiceSource
+from serve_app.config import SynthesizerUserConfig, VoiceSource
 from serve_app.model.cores import one_thread
 from serve_app.model.engines.base import Engine, SynthesisItem
 from serve_app.model.engines.noise import gaussian
@@ -258,6 +258,7 @@ class OrtEngine(Engine):
         self._voices: dict[str, OrtVoice] = {}
         self._threads = threads
         self.threads = 0  # a lone item's, once loaded
+        self.decoder_refused: str | None = None  # why decoder settings asked for were refused
 
     def load(self, device: str) -> None:
         if device != "cpu":
@@ -272,6 +273,23 @@ class OrtEngine(Engine):
             self._voices[info.id] = OrtVoice(info, threads)
         logger.info("Voices %s in onnxruntime, %d threads", list(self._voices), threads)
         self.synthesize([warmup_item(v.info) for v in self._voices.values()])
+
+    def reconfigure(self, settings: SynthesizerUserConfig) -> None:
+        """The decoder settings are the PyTorch engine's: here the voice file runs as it is,
+        in float32, and a request for another precision or for compiling is refused (logged,
+        and in `status`)."""
+        asked = []
+        if settings.decoder_dtype != "float32":
+            asked.append(f"decoder_dtype {settings.decoder_dtype}")
+        if settings.decoder_compile == "on":
+            asked.append("decoder_compile on")
+        self.decoder_refused = None
+        if asked:
+            self.decoder_refused = (
+                f"{' and '.join(asked)}: the onnxruntime engine runs the voice file as it is, "
+                "in float32 (cpu_engine: pytorch takes these settings)"
+            )
+            logger.error("Voices keep their float32 decoder: %s", self.decoder_refused)
 
     @property
     def voices(self) -> list[str]:
@@ -296,6 +314,7 @@ class OrtEngine(Engine):
             "batch_policy": "per_item",
             "threads": self.threads,
             "leaves_pool_from_frames": None if None in pooled else max(pooled, default=None),
+            "decoder_refused": self.decoder_refused,
         }
 
     def close(self) -> None:
