@@ -32,12 +32,14 @@ class SynthesizerUserConfig(_Strict):
         "float32",
         description="Precision of the decoder (durations are always decided in float32). "
         "A half precision that drifts below 35 dB SNR against float32 on a start-up check "
-        "is refused: the replica keeps float32 and logs why.",
+        "is refused: the replica keeps float32 and logs why. The PyTorch engine's (GPU "
+        "replicas, cpu_engine: pytorch); the onnxruntime engine refuses all but float32.",
     )
     decoder_compile: Literal["auto", "on", "off"] = Field(
         "auto",
         description="torch.compile the decoder (fused elementwise kernels); auto: on GPU "
-        "only. Compiled at start (tens of seconds, logged); eager if compiling fails.",
+        "only. Compiled at start (tens of seconds, logged); eager if compiling fails. The "
+        "PyTorch engine's; the onnxruntime engine refuses on.",
     )
     stall_timeout_s: float = Field(
         120.0,
