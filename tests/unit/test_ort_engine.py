@@ -108,6 +108,7 @@ def test_output_is_speech_in_range(engine, ids) -> None:
     assert np.abs(audio).max() <= 1.0
     assert 0.01 < float(np.sqrt(np.mean(audio**2))) < 0.5
     assert 1.0 < len(audio) / engine.sample_rate("joe") < 4.0
+    assert engine.padding_efficiency == 1.0  # the batch padding metric: nothing padded
     assert engine.status() == {
         "runtime": "onnxruntime", "batch_policy": "per_item", "threads": 2,
         "leaves_pool_from_frames": 160, "decoder_refused": None,

@@ -252,6 +252,7 @@ class OrtEngine(Engine):
     side with others on the replica's engine threads (module docstring)."""
 
     concurrent_calls = True  # sessions are safe to run from several threads at once
+    padding_efficiency = 1.0  # every item runs unpadded: each frame computed is its own
 
     def __init__(self, voices: list[VoiceSource], threads: int | None = None) -> None:
         self._sources = voices
