@@ -72,7 +72,11 @@ def test_the_seed_decides_the_noise(engine, ids) -> None:
     assert a.shape != c.shape or np.abs(a - c).max() > 1e-2
 
 
-def test_items_side_by_side_keep_their_audio_to_the_bit(engine, ids) -> None:
+def test_items_side_by_side_keep_their_audio_to_the_bit(engine, ids, monkeypatch) -> None:
+    voice = engine._voices["joe"]
+    used = []  # the frame part's session of each item, beside others
+    frames_part = voice._frames
+    monkeypatch.setattr(voice, "_frames", lambda z, c, s: used.append(s) or frames_part(z, c, s))
     items = [item(seq, seed=400 + k) for k, seq in enumerate(ids)]
     frames = [a.size // 256 for a in engine.synthesize(items)]
     pooled_from = engine.status()["leaves_pool_from_frames"]
@@ -82,10 +86,12 @@ def test_items_side_by_side_keep_their_audio_to_the_bit(engine, ids) -> None:
     engine.cores = CoreShare(2)  # as a replica's: it tells whether an item runs alone
     try:
         alone = [engine.synthesize([it])[0] for it in items]
+        used.clear()
         with ThreadPoolExecutor(4) as pool:  # as a replica's engine threads call it
             beside = list(pool.map(lambda it: engine.synthesize([it])[0], items * 2))
     finally:
         engine.cores = None
+    assert voice.frames_one in used and voice.frames_pooled in used
     together = engine.synthesize(items)  # one call of many: each its own
     for a, b in zip(alone * 3, beside + together, strict=True):
         assert np.array_equal(a, b)

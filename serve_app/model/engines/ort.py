@@ -44,8 +44,8 @@ logger = logging.getLogger("ray.serve.chorus.engine")
 
 # Noise streams of one item, as in the PyTorch engine: durations, then latents.
 _DURATION_NOISE, _LATENT_NOISE = 0, 1
-# A lone item's frame part runs on the pool from this many frames per thread (module
-# docstring: below it a thread's share of a matrix product may be 64 columns or fewer).
+# From this many frames per thread, an item beside others runs its frame part at one thread
+# (module docstring: below it a thread's share of a matrix product may be 64 columns or fewer).
 POOLED_FRAMES_PER_THREAD = 80
 
 
@@ -119,7 +119,8 @@ def _downstream(tensor: str, consumers: dict[str, list[onnx.NodeProto]]) -> list
 
 class OrtVoice:
     """One voice as onnxruntime sessions cut where the noise goes in (`find_cut`): the phoneme
-    part at one thread, the frame part at one thread and, for a lone item, at `threads`."""
+    part at one thread, the frame part on a pool of `threads` or, for a long item beside
+    others, at one thread."""
 
     def __init__(self, info: VoiceInfo, threads: int) -> None:
         import onnxruntime as ort
@@ -167,15 +168,15 @@ class OrtVoice:
         if any(m and not np.all(c == 1) for m, c in zip(masks, carried, strict=True)):
             return self._unpooled("its frame part reads more than the frame mask")
         rng = np.random.default_rng(0)
-        for frames in (from_frames, from_frames + 1, from_frames + 17, 2 * from_frames + 5):
-            z = rng.standard_normal((1, m_p.shape[1], frames), dtype=np.float32)
+        for width in (from_frames, from_frames + 1, from_frames + 17, 2 * from_frames + 5):
+            z = rng.standard_normal((1, m_p.shape[1], width), dtype=np.float32)
             feed = [
-                np.ones((*c.shape[:-1], frames), np.float32) if mask else c
+                np.ones((*c.shape[:-1], width), np.float32) if mask else c
                 for mask, c in zip(masks, carried, strict=True)
             ]
             one, pooled = (self._frames(z, feed, s) for s in (self.frames_one, self.frames_pooled))
             if not np.array_equal(one, pooled):
-                return self._unpooled(f"the pool's samples differ at {frames} frames")
+                return self._unpooled(f"the pool's samples differ at {width} frames")
         return from_frames
 
     def _unpooled(self, why: str) -> None:
