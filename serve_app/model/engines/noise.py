@@ -19,6 +19,8 @@ _M32 = 0xFFFFFFFF
 _STREAM_SALT = 0x9E3779B9
 _SECOND = 0x85EBCA6B  # salt of each value's second uniform
 _POSITION_BITS = 22  # up to 4M frames per item; channel index above that
+# The streams of one item, in every engine: a seed gives the same noise wherever it runs.
+DURATION_NOISE, LATENT_NOISE = 0, 1
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:

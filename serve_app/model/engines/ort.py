@@ -31,22 +31,22 @@ from typing import Any
 
 import numpy as np
 import onnx
+import torch
 from onnx.utils import Extractor
 
 from serve_app.config import SynthesizerUserConfig, VoiceSource
 from serve_app.model.cores import one_thread
 from serve_app.model.engines.base import Engine, SynthesisItem
-from serve_app.model.engines.noise import gaussian
+from serve_app.model.engines.noise import DURATION_NOISE, LATENT_NOISE, gaussian
 from serve_app.model.engines.samples import warmup_item
 from serve_app.model.voices import VoiceInfo, VoiceLoadError
 
 logger = logging.getLogger("ray.serve.chorus.engine")
 
-# Noise streams of one item, as in the PyTorch engine: durations, then latents.
-_DURATION_NOISE, _LATENT_NOISE = 0, 1
 # From this many frames per thread, an item beside others runs its frame part at one thread
 # (module docstring: below it a thread's share of a matrix product may be 64 columns or fewer).
 POOLED_FRAMES_PER_THREAD = 80
+_CPU = torch.device("cpu")  # where the noise is drawn
 
 
 @dataclass(frozen=True)
@@ -151,10 +151,11 @@ class OrtVoice:
         self.info, self.cut = info, cut
         self.front = session(front.SerializeToString(), 1)
         self.frames_one = session(back, 1)
-        self.frames_pooled = session(back, threads) if threads > 1 else None
+        # NOTE: at one thread the "pool" is the one-thread session, and nothing leaves it.
+        self.frames_pooled = session(back, threads) if threads > 1 else self.frames_one
         # Frames from which an item beside others may leave the pool (None: none may).
         self.pooled_from: int | None = None
-        if self.frames_pooled is not None:
+        if threads > 1:
             self.pooled_from = self._check_pool(POOLED_FRAMES_PER_THREAD * threads)
 
     def _check_pool(self, from_frames: int) -> int | None:
@@ -194,16 +195,11 @@ class OrtVoice:
         a long item's frame part leaves the pool: the same samples, more audio per core)."""
         m_p, logs_p, *carried = self._phonemes(item)
         frames = m_p.shape[2]
-        eps = gaussian([item.seed], _LATENT_NOISE, m_p.shape[1], [frames], _cpu()).numpy()
+        eps = gaussian([item.seed], LATENT_NOISE, m_p.shape[1], [frames], _CPU).numpy()
         # NOTE: the graph's own order of operations: (noise * exp(logs_p)) * scale + m_p.
         z_p = m_p + eps * np.exp(logs_p) * np.float32(item.noise_scale)
-        if self.frames_pooled is None:
-            session = self.frames_one
-        elif alone or self.pooled_from is None or frames < self.pooled_from:
-            session = self.frames_pooled
-        else:
-            session = self.frames_one
-        return self._frames(z_p, carried, session)
+        leaves_pool = not alone and self.pooled_from is not None and frames >= self.pooled_from
+        return self._frames(z_p, carried, self.frames_one if leaves_pool else self.frames_pooled)
 
     def _phonemes(self, item: SynthesisItem) -> list[np.ndarray]:
         """The phoneme part: each frame's prior mean and log scale (1, C, T), then what the
@@ -217,7 +213,7 @@ class OrtVoice:
         if self.speakers:
             feed["sid"] = np.array([item.speaker], dtype=np.int64)
         if cut.duration_noise:
-            noise = gaussian([item.seed], _DURATION_NOISE, 2, [phonemes], _cpu())
+            noise = gaussian([item.seed], DURATION_NOISE, 2, [phonemes], _CPU)
             feed[cut.duration_noise] = noise.numpy()
         return self.front.run(None, feed)
 
@@ -242,12 +238,6 @@ def _options(threads: int) -> Any:
     return options
 
 
-def _cpu() -> Any:
-    import torch
-
-    return torch.device("cpu")
-
-
 class OrtEngine(Engine):
     """All configured Piper voices in onnxruntime, for CPU replicas: each item alone, side by
     side with others on the replica's engine threads (module docstring)."""
@@ -265,8 +255,6 @@ class OrtEngine(Engine):
     def load(self, device: str) -> None:
         if device != "cpu":
             raise ValueError(f"the onnxruntime engine runs on CPU only, not {device!r}")
-        import torch
-
         # NOTE: a replica's engine thread has torch set to the replica's threads.
         threads = self._threads or (self.cores.threads if self.cores else torch.get_num_threads())
         self.threads = threads

@@ -29,7 +29,7 @@ from serve_app.model.engines import precision
 from serve_app.model.engines.base import Engine, SynthesisItem
 from serve_app.model.engines.decoder import DTYPES, Decoder2d, DecoderRunner, frame_mask
 from serve_app.model.engines.grouping import plan_groups
-from serve_app.model.engines.noise import gaussian
+from serve_app.model.engines.noise import DURATION_NOISE, LATENT_NOISE, gaussian
 from serve_app.model.engines.samples import check_items, warmup_item
 from serve_app.model.engines.vits import (
     build_vits,
@@ -48,8 +48,6 @@ _WARM_BUCKETS_UP_TO = 1024
 # A generous upper estimate of frames per phoneme id (medium voices, speed 1), used to size
 # phoneme-stage groups before the real frame counts are known.
 _FRAMES_PER_PHONEME = 6
-# Noise streams of one item: durations, then latents.
-_DURATION_NOISE, _LATENT_NOISE = 0, 1
 
 
 def decode_bucket(frames: int) -> int:
@@ -106,7 +104,7 @@ class VitsVoice:
         x, m_p, logs_p, x_mask = model.enc_p(ids.to(dev), torch.tensor(lengths, device=dev))
         seeds, g = [it.seed for it in items], self.speakers(items)
         if self.params.use_sdp:
-            eps_w = gaussian(seeds, _DURATION_NOISE, 2, lengths, dev)
+            eps_w = gaussian(seeds, DURATION_NOISE, 2, lengths, dev)
             logw = sdp_reverse(model.dp, x, x_mask, eps_w * _column(items, "noise_w", dev), g)
         else:
             logw = model.dp(x, x_mask, g=g)
@@ -129,7 +127,7 @@ class VitsVoice:
         m_p = expand([a.m_p for a in group], phoneme) * y_mask
         logs_p = expand([a.logs_p for a in group], phoneme) * y_mask
         seeds = [a.item.seed for a in group]
-        eps_z = gaussian(seeds, _LATENT_NOISE, m_p.size(1), frames, dev)
+        eps_z = gaussian(seeds, LATENT_NOISE, m_p.size(1), frames, dev)
         noise_scale = _column([a.item for a in group], "noise_scale", dev)
         z_p = m_p + eps_z * torch.exp(logs_p) * noise_scale
         g = self.speakers([a.item for a in group])
