@@ -21,10 +21,11 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from ray import serve
+from ray.serve.context import _get_global_client
 
 from serve_app.errors import Overloaded
 
@@ -37,11 +38,21 @@ WATCH_S = 5.0  # how often the controller is asked while none runs (the news com
 
 
 def running_replicas(app: str, deployment: str) -> dict[str, int]:
-    """The deployment's replicas by state, as Serve's controller has them (blocking)."""
-    status = serve.status().applications.get(app)
-    if status is None or deployment not in status.deployments:
+    """The deployment's replicas by state, as Serve's controller has them (blocking): what
+    `serve.status()` counts, read from the controller's answer as it comes.
+
+    NOTE: `serve.status()` builds pydantic models from that answer, pickling each
+    deployment's request router class on the way: ~20 ms of the ingress's CPU per question,
+    a quarter of its busy time with one client, against under 1 ms for reading the dict."""
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:  # Serve is not up (yet)
         return {}
-    return {str(k): v for k, v in status.deployments[deployment].replica_states.items()}
+    details = client.get_serve_details().get("applications", {}).get(app)
+    if details is None or deployment not in details.get("deployments", {}):
+        return {}
+    replicas = details["deployments"][deployment]["replicas"]
+    states = Counter(str(getattr(r["state"], "value", r["state"])) for r in replicas)
+    return dict(states)
 
 
 class Readiness:

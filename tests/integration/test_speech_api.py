@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from openai import OpenAI
+from ray import serve
 
 from tests.helpers import decode, pcm16
 from tests.integration.conftest import speech
@@ -87,6 +88,9 @@ def test_discovery_endpoints(client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
     assert ready["status"] == "ready" and ready["model_replicas"] >= 1
+    # the ingress reads the controller's answer itself: the states serve.status() gives
+    status = serve.status().applications["chorus"].deployments["Synthesizer"]
+    assert ready["replica_states"] == {str(k): v for k, v in status.replica_states.items()}
     models = [m["id"] for m in client.get("/v1/models").json()["data"]]
     assert "tts-1" in models and "gpt-4o-mini-tts" in models
     (voice,) = client.get("/v1/audio/voices").json()["data"]
