@@ -74,9 +74,10 @@ def test_the_seed_decides_the_noise(engine, ids) -> None:
 
 def test_items_side_by_side_keep_their_audio_to_the_bit(engine, ids, monkeypatch) -> None:
     voice = engine._voices["joe"]
-    used = []  # the frame part's session of each item, beside others
-    frames_part = voice._frames
+    used = []  # each part's session for each item
+    frames_part, phoneme_part = voice._frames, voice._phonemes
     monkeypatch.setattr(voice, "_frames", lambda z, c, s: used.append(s) or frames_part(z, c, s))
+    monkeypatch.setattr(voice, "_phonemes", lambda i, s: used.append(s) or phoneme_part(i, s))
     items = [item(seq, seed=400 + k) for k, seq in enumerate(ids)]
     frames = [a.size // 256 for a in engine.synthesize(items)]
     pooled_from = engine.status()["leaves_pool_from_frames"]
@@ -86,12 +87,14 @@ def test_items_side_by_side_keep_their_audio_to_the_bit(engine, ids, monkeypatch
     engine.cores = CoreShare(2)  # as a replica's: it tells whether an item runs alone
     try:
         alone = [engine.synthesize([it])[0] for it in items]
+        assert set(used) == {voice.front_pooled, voice.frames_pooled}  # both parts pooled
         used.clear()
         with ThreadPoolExecutor(4) as pool:  # as a replica's engine threads call it
             beside = list(pool.map(lambda it: engine.synthesize([it])[0], items * 2))
     finally:
         engine.cores = None
     assert voice.frames_one in used and voice.frames_pooled in used
+    assert voice.front in used  # beside others, the phoneme part at one thread
     together = engine.synthesize(items)  # one call of many: each its own
     for a, b in zip(alone * 3, beside + together, strict=True):
         assert np.array_equal(a, b)
@@ -108,6 +111,17 @@ def test_the_pooled_frame_part_gives_the_one_thread_samples_from_its_edge(engine
         assert np.array_equal(one, voice._frames(z, mask, voice.frames_pooled)), frames
 
 
+def test_the_pooled_phoneme_part_gives_the_one_thread_outputs(engine, ids) -> None:
+    voice = engine._voices["joe"]
+    assert voice.front_pooled is not voice.front and engine.status()["phoneme_part_pooled"]
+    rng = np.random.default_rng(11)
+    randoms = [tuple(int(i) for i in rng.integers(1, 100, n)) for n in range(2, 520, 23)]
+    for k, seq in enumerate([*ids, *randoms]):
+        it = item(seq, seed=k)
+        one, pooled = (voice._phonemes(it, s) for s in (voice.front, voice.front_pooled))
+        assert all(np.array_equal(a, b) for a, b in zip(one, pooled, strict=True)), len(seq)
+
+
 def test_output_is_speech_in_range(engine, ids) -> None:
     (audio,) = engine.synthesize([item(ids[0])])
     assert audio.dtype == np.float32 and audio.ndim == 1
@@ -117,7 +131,7 @@ def test_output_is_speech_in_range(engine, ids) -> None:
     assert engine.padding_efficiency == 1.0  # the batch padding metric: nothing padded
     assert engine.status() == {
         "runtime": "onnxruntime", "batch_policy": "per_item", "threads": 2,
-        "leaves_pool_from_frames": 160, "decoder_refused": None,
+        "leaves_pool_from_frames": 160, "phoneme_part_pooled": True, "decoder_refused": None,
     }  # fmt: skip
 
 

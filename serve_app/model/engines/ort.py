@@ -8,17 +8,24 @@ as an input and gives every frame its prior; the latent noise is added here; the
 seed gives an item the same noise in either engine, alone or beside any other item.
 
 Every item runs alone (batch 1), as piper runs a sentence: no padding, no per-length set-up
-cost. Threads: the phoneme part runs at one thread; the frame part (flow and decoder, about
-three quarters of the work) on a pool of `threads` (as piper runs the whole), except that a
-long item runs it at one thread while other items run beside it: two one-thread items on two
-cores make more audio than two items sharing a pool (23.5 against 18-20 audio-s/s
-in-process). That switch never changes a sample. onnxruntime's matrix products (MLAS) split
-their columns between threads, and a thread with 64 columns or fewer sums its products in
-longer blocks than one with more; from POOLED_FRAMES_PER_THREAD frames per thread every thread
-of every product in the frame part has more than 64 columns, and the pool's samples are the
-one thread's to the bit (checked at load for each voice; where they differ, every item stays
-on the pool). A shorter item always runs on the pool, alone or not: its thread count, and so
-its samples, depend on nothing but the item (tests/unit/test_ort_engine.py).
+cost. Threads: an item that runs alone runs both parts on pools of `threads` (as piper runs
+the whole); beside other items its phoneme part runs at one thread, and so does the frame part
+(flow and decoder, about three quarters of the work) of a long item: two one-thread items on
+two cores make more audio than two items sharing a pool (23.5 against 18-20 audio-s/s
+in-process). The pools' workers sleep between operations instead of spinning, so a pool
+beside a one-thread item takes no core from it.
+
+That switch never changes a sample. onnxruntime's matrix products (MLAS) split the larger of
+their two sides between threads, and a thread with 64 columns or fewer sums its products in
+longer blocks than one with more. In the frame part the columns are frames: from
+POOLED_FRAMES_PER_THREAD frames per thread every thread of every product there has more than
+64 columns, and the pool's samples are the one thread's to the bit. A shorter item always runs
+its frame part on the pool, alone or not: its thread count, and so its samples, depend on
+nothing but the item. In the phoneme part the columns are phonemes, and the rows (192 or more
+channels) are the larger side until each thread's share of columns is over 64, or the inner
+sum fits one block (attention): its pool gives the one thread's outputs at any length. Both
+are checked at load for each voice (where a pool differs, its part keeps one thread count for
+every item) and by tests/unit/test_ort_engine.py.
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ logger = logging.getLogger("ray.serve.chorus.engine")
 # From this many frames per thread, an item beside others runs its frame part at one thread
 # (module docstring: below it a thread's share of a matrix product may be 64 columns or fewer).
 POOLED_FRAMES_PER_THREAD = 80
+# Phoneme counts at which the pooled phoneme part is checked against the one-thread one.
+POOLED_PHONEME_CHECKS = (1, 64, 65, 97, 128, 129, 193, 257, 385, 600)
 _CPU = torch.device("cpu")  # where the noise is drawn
 
 
@@ -118,9 +127,9 @@ def _downstream(tensor: str, consumers: dict[str, list[onnx.NodeProto]]) -> list
 
 
 class OrtVoice:
-    """One voice as onnxruntime sessions cut where the noise goes in (`find_cut`): the phoneme
-    part at one thread, the frame part on a pool of `threads` or, for a long item beside
-    others, at one thread."""
+    """One voice as onnxruntime sessions cut where the noise goes in (`find_cut`): each part
+    on a pool of `threads` for an item alone; beside others the phoneme part at one thread,
+    and the frame part too for a long item."""
 
     def __init__(self, info: VoiceInfo, threads: int) -> None:
         import onnxruntime as ort
@@ -149,19 +158,43 @@ class OrtVoice:
             return ort.InferenceSession(part, _options(threads), ["CPUExecutionProvider"])
 
         self.info, self.cut = info, cut
-        self.front = session(front.SerializeToString(), 1)
+        front_part = front.SerializeToString()
+        self.front = session(front_part, 1)
+        # NOTE: at one thread the pools are the one-thread sessions.
+        self.front_pooled = session(front_part, threads) if threads > 1 else self.front
         self.frames_one = session(back, 1)
-        # NOTE: at one thread the "pool" is the one-thread session, and nothing leaves it.
         self.frames_pooled = session(back, threads) if threads > 1 else self.frames_one
         # Frames from which an item beside others may leave the pool (None: none may).
         self.pooled_from: int | None = None
         if threads > 1:
             self.pooled_from = self._check_pool(POOLED_FRAMES_PER_THREAD * threads)
+            if not self._check_front_pool():
+                self.front_pooled = self.front
+
+    def _check_front_pool(self) -> bool:
+        """Whether the pooled phoneme part gives the one thread's outputs to the bit, checked
+        on random phoneme ids at lengths either side of where a matrix product's share per
+        thread crosses 64 columns, and up to 600 (`POOLED_PHONEME_CHECKS`)."""
+        rng = np.random.default_rng(0)
+        symbols = 1 + max(i for ids in self.info.phoneme_id_map.values() for i in ids)
+        for length in POOLED_PHONEME_CHECKS:
+            ids = tuple(int(i) for i in rng.integers(1, symbols, length))
+            item = SynthesisItem(self.info.id, ids, 1.0, 0.667, 0.8, length)
+            one, pooled = (self._phonemes(item, s) for s in (self.front, self.front_pooled))
+            if not all(np.array_equal(a, b) for a, b in zip(one, pooled, strict=True)):
+                logger.warning(
+                    "Voice %s: every item's phoneme part runs at one thread (the pool's "
+                    "outputs differ at %d phonemes)",
+                    self.info.id,
+                    length,
+                )
+                return False
+        return True
 
     def _check_pool(self, from_frames: int) -> int | None:
         """`from_frames` if the pooled frame part gives the one-thread samples at lengths from
         there (checked on random latents at the edge and beyond), else None."""
-        m_p, _, *carried = self._phonemes(warmup_item(self.info))
+        m_p, _, *carried = self._phonemes(warmup_item(self.info), self.front)
         frames = m_p.shape[2]
         # NOTE: what crosses besides the latents is the frame mask (all ones for one item) and
         # a speaker's embedding; anything else with a frame axis, and the check cannot pad it.
@@ -193,7 +226,7 @@ class OrtVoice:
     def synthesize(self, item: SynthesisItem, alone: bool) -> np.ndarray:
         """One item's audio, float32 mono; `alone`: nothing else runs in the replica now (else
         a long item's frame part leaves the pool: the same samples, more audio per core)."""
-        m_p, logs_p, *carried = self._phonemes(item)
+        m_p, logs_p, *carried = self._phonemes(item, self.front_pooled if alone else self.front)
         frames = m_p.shape[2]
         eps = gaussian([item.seed], LATENT_NOISE, m_p.shape[1], [frames], _CPU).numpy()
         # NOTE: the graph's own order of operations: (noise * exp(logs_p)) * scale + m_p.
@@ -201,9 +234,9 @@ class OrtVoice:
         leaves_pool = not alone and self.pooled_from is not None and frames >= self.pooled_from
         return self._frames(z_p, carried, self.frames_one if leaves_pool else self.frames_pooled)
 
-    def _phonemes(self, item: SynthesisItem) -> list[np.ndarray]:
-        """The phoneme part: each frame's prior mean and log scale (1, C, T), then what the
-        frame part reads besides (`Cut.carried`)."""
+    def _phonemes(self, item: SynthesisItem, session: Any) -> list[np.ndarray]:
+        """The phoneme part in `session`: each frame's prior mean and log scale (1, C, T),
+        then what the frame part reads besides (`Cut.carried`)."""
         cut, phonemes = self.cut, len(item.phoneme_ids)
         feed: dict[str, np.ndarray] = {
             "input": np.array([item.phoneme_ids], dtype=np.int64),
@@ -215,7 +248,7 @@ class OrtVoice:
         if cut.duration_noise:
             noise = gaussian([item.seed], DURATION_NOISE, 2, [phonemes], _CPU)
             feed[cut.duration_noise] = noise.numpy()
-        return self.front.run(None, feed)
+        return session.run(None, feed)
 
 
 def _declare(graph: onnx.GraphProto, names: list[str | None]) -> None:
@@ -302,12 +335,14 @@ class OrtEngine(Engine):
         return audio
 
     def status(self) -> dict[str, Any]:
-        pooled = {v.pooled_from for v in self._voices.values()}
+        voices = self._voices.values()
+        pooled = {v.pooled_from for v in voices}
         return {
             "runtime": "onnxruntime",
             "batch_policy": "per_item",
             "threads": self.threads,
             "leaves_pool_from_frames": None if None in pooled else max(pooled, default=None),
+            "phoneme_part_pooled": all(v.front_pooled is not v.front for v in voices),
             "decoder_refused": self.decoder_refused,
         }
 
