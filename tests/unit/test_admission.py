@@ -354,3 +354,72 @@ def test_readiness_keeps_the_running_count_current_while_replicas_run() -> None:
         assert len(asked) == 2
 
     asyncio.run(run())
+
+
+class _Replicas:
+    """The speed profile side of `ModelReplicas`: a question answered when `answer` is set."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+        self.answer = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def ask_profile(self) -> asyncio.Task[None]:
+        if not self.asking_profile():
+            self.asked += 1
+            self._task = asyncio.ensure_future(self.answer.wait())
+        assert self._task is not None
+        return self._task
+
+    def asking_profile(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def profiled(self) -> None:
+        await asyncio.shield(self.ask_profile())
+
+
+def test_with_a_profile_a_moment_old_a_lone_request_is_admitted_at_once_and_a_burst_waits() -> None:
+    """A lone client pays no round trip to the replica per sentence; requests arriving while
+    the question asked behind it is out wait for its answer (a `serve deploy` may have changed
+    the replicas' speed since the last answer)."""
+    from types import SimpleNamespace
+
+    from serve_app.queue.meter import PROFILE_FRESH_S
+    from serve_app.speech.pipeline import SpeechService
+
+    async def run() -> None:
+        replicas = _Replicas()
+        age = [0.5]
+        door = SimpleNamespace(
+            meter=SimpleNamespace(profile_age_s=lambda: age[0]),
+            backlog=SimpleNamespace(requests=0),
+        )
+        service = SpeechService(None, None, door, replicas, None, None)  # type: ignore[arg-type]
+        assert await asyncio.wait_for(service.loading_s(), 1) is None  # admitted at once...
+        assert replicas.asked == 1 and replicas.asking_profile()  # ...the question behind it
+        burst = [asyncio.ensure_future(service.loading_s()) for _ in range(5)]
+        await asyncio.sleep(0.05)
+        assert not any(t.done() for t in burst)  # the burst waits for the answer...
+        replicas.answer.set()
+        assert await asyncio.wait_for(asyncio.gather(*burst), 1) == [None] * 5
+        assert replicas.asked == 1  # ...one question for all of them
+        door.backlog.requests = 3  # work queued, its answers confirm the profile: no question
+        replicas.answer.clear()
+        assert await asyncio.wait_for(service.loading_s(), 1) is None
+        assert replicas.asked == 1
+        age[0] = PROFILE_FRESH_S + 1  # quiet too long: the question before admission
+        door.backlog.requests = 0
+        service.readiness = SimpleNamespace(running=_running, loading_s=lambda _: None)
+        service.config = SimpleNamespace(model_load_s=15)
+        door.meter.load_s = lambda: None
+        asking = asyncio.ensure_future(service.loading_s())
+        await asyncio.sleep(0.05)
+        assert not asking.done() and replicas.asked == 2
+        replicas.answer.set()
+        assert await asyncio.wait_for(asking, 1) is None
+
+    asyncio.run(run())
+
+
+async def _running() -> int:
+    return 1
