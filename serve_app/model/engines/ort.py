@@ -53,8 +53,10 @@ logger = logging.getLogger("ray.serve.chorus.engine")
 # From this many frames per thread, an item beside others runs its frame part at one thread
 # (module docstring: below it a thread's share of a matrix product may be 64 columns or fewer).
 POOLED_FRAMES_PER_THREAD = 80
-# Phoneme counts at which the pooled phoneme part is checked against the one-thread one.
-POOLED_PHONEME_CHECKS = (1, 64, 65, 97, 128, 129, 193, 257, 385, 600)
+# Phoneme counts at which the pooled phoneme part is checked against the one-thread one at
+# load: either side of 64 and 128 (one or two threads' share of a product's columns), and past
+# 192 (the channels, beyond which products split their columns); about 0.4 s here.
+POOLED_PHONEME_CHECKS = (1, 64, 65, 97, 128, 129, 193, 257)
 _CPU = torch.device("cpu")  # where the noise is drawn
 
 
@@ -160,7 +162,9 @@ class OrtVoice:
         self.info, self.cut = info, cut
         front_part = front.SerializeToString()
         self.front = session(front_part, 1)
-        # NOTE: at one thread the pools are the one-thread sessions.
+        # NOTE: at one thread the pools are the one-thread sessions. Loading the phoneme part
+        # takes ~1 s here (the frame part 0.05 s), its pool as long (loading the graph the
+        # first session optimized, with no optimizing, was no faster).
         self.front_pooled = session(front_part, threads) if threads > 1 else self.front
         self.frames_one = session(back, 1)
         self.frames_pooled = session(back, threads) if threads > 1 else self.frames_one
@@ -173,8 +177,7 @@ class OrtVoice:
 
     def _check_front_pool(self) -> bool:
         """Whether the pooled phoneme part gives the one thread's outputs to the bit, checked
-        on random phoneme ids at lengths either side of where a matrix product's share per
-        thread crosses 64 columns, and up to 600 (`POOLED_PHONEME_CHECKS`)."""
+        on random phoneme ids at `POOLED_PHONEME_CHECKS`."""
         rng = np.random.default_rng(0)
         symbols = 1 + max(i for ids in self.info.phoneme_id_map.values() for i in ids)
         for length in POOLED_PHONEME_CHECKS:
