@@ -6,8 +6,9 @@ check (`Synthesizer.check_health`: no voices, or a batch stalled past `stall_tim
 A busy replica stays RUNNING, so a readiness probe answers in a few milliseconds under any
 load. (Asking the replica itself queues the probe behind its batches.)
 
-While none runs, the controller is asked every `WATCH_S` (a question costs the ingress ~20 ms
-of CPU, most of it pickling: once a second it slowed the refusals of a burst at cold start),
+While none runs, the controller is asked every `WATCH_S` (through `serve.status()` a question
+cost the ingress ~20 ms of CPU, most of it pickling, and once a second it slowed the refusals
+of a burst at cold start; read as the controller answers, under 1 ms: `running_replicas`),
 and the ingress's handle hears of a replica that starts running before that: Serve pushes
 each handle its deployment's running replicas (its own proxies wait for the same news). An
 answer of none running that was asked before the handle heard of one is stale, and asked
