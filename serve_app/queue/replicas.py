@@ -86,20 +86,10 @@ class ModelReplicas:
     async def profiled(self) -> None:
         """A replica's speed profile has been asked for and passed on (one call, shared by
         every request that arrives meanwhile); a failure is logged and the caller goes on."""
-        with contextlib.suppress(Exception):  # NOTE: then the door decides on measured drain
-            await asyncio.shield(self.ask_profile())
-
-    def ask_profile(self) -> asyncio.Task[None]:
-        """The question for a replica's speed profile now in flight, asked if none is (its
-        answer is passed on; a failure is logged, and left to whoever awaits it)."""
         if self._asked is None or self._asked.done():
             self._asked = asyncio.create_task(self._ask_profile(), name="chorus-profile")
-            self._asked.add_done_callback(lambda task: task.cancelled() or task.exception())
-        return self._asked
-
-    def asking_profile(self) -> bool:
-        """Whether a question for a speed profile is in flight."""
-        return self._asked is not None and not self._asked.done()
+        with contextlib.suppress(Exception):  # NOTE: then the door decides on measured drain
+            await asyncio.shield(self._asked)
 
     async def _ask_profile(self) -> None:
         try:

@@ -83,21 +83,13 @@ class SpeechService:
     async def loading_s(self) -> float | None:
         """Seconds until a model replica should take work, while none can; None when one can.
 
-        NOTE: after a quiet spell the replicas may be new, still loading, or have new
-        settings that no answer has shown yet. Serve's controller says whether one runs, and
-        a running one is asked its speed, before anyone is admitted (one call each, shared by
-        the requests of a burst). A replica still loading is not asked: the call would wait
-        for it, and hold the burst. With nothing queued but an answer a moment ago
-        (`PROFILE_FRESH_S`), the request is admitted at once and the question asked behind
-        it: requests that arrive before its answer wait for it, so a burst right after a
-        `serve deploy` changed the replicas' speed is judged by the new speed (all but its
-        first request), and a lone client pays no round trip per sentence."""
+        NOTE: when idle or quiet, the replicas may be new, still loading, or have new settings
+        that no answer has shown yet. Serve's controller says whether one runs, and a running
+        one is asked its speed, before anyone is admitted (one call each, shared by the
+        requests of a burst). A replica still loading is not asked: the call would wait for
+        it, and hold the burst."""
         meter = self.door.meter
-        if meter.profile_age_s() <= PROFILE_FRESH_S:
-            if self.replicas.asking_profile():
-                await self.replicas.profiled()
-            elif not self.door.backlog.requests:
-                self.replicas.ask_profile()
+        if self.door.backlog.requests and meter.profile_age_s() <= PROFILE_FRESH_S:
             return None
         if await self.readiness.running() != 0:  # running, or the controller cannot say
             await self.replicas.profiled()

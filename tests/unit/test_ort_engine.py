@@ -32,6 +32,7 @@ def info() -> VoiceInfo:
 def engine() -> OrtEngine:
     eng = OrtEngine([JOE], threads=2)
     eng.load("cpu")
+    assert eng.pooled(60)  # the phoneme part's pool, loaded and checked after the load
     return eng
 
 

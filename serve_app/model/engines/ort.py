@@ -24,14 +24,18 @@ its frame part on the pool, alone or not: its thread count, and so its samples, 
 nothing but the item. In the phoneme part the columns are phonemes, and the rows (192 or more
 channels) are the larger side until each thread's share of columns is over 64, or the inner
 sum fits one block (attention): its pool gives the one thread's outputs at any length. Both
-are checked at load for each voice (where a pool differs, its part keeps one thread count for
-every item) and by tests/unit/test_ort_engine.py.
+are checked for each voice (the frame part's at load; the phoneme part's pool is loaded and
+checked just after, and an item alone runs that part at one thread until then) and by
+tests/unit/test_ort_engine.py; where a pool differs, its part keeps one thread count for every
+item.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -162,29 +166,56 @@ class OrtVoice:
         self.info, self.cut = info, cut
         front_part = front.SerializeToString()
         self.front = session(front_part, 1)
-        # NOTE: at one thread the pools are the one-thread sessions. Loading the phoneme part
-        # takes ~1 s here (the frame part 0.05 s), its pool as long (loading the graph the
-        # first session optimized, with no optimizing, was no faster).
-        self.front_pooled = session(front_part, threads) if threads > 1 else self.front
+        # NOTE: at one thread the pools are the one-thread sessions; the phoneme part's pool
+        # comes once loaded and checked (`_pool_phonemes`).
+        self.front_pooled = self.front
         self.frames_one = session(back, 1)
         self.frames_pooled = session(back, threads) if threads > 1 else self.frames_one
         # Frames from which an item beside others may leave the pool (None: none may).
         self.pooled_from: int | None = None
+        self._pooling: threading.Thread | None = None
         if threads > 1:
             self.pooled_from = self._check_pool(POOLED_FRAMES_PER_THREAD * threads)
-            if not self._check_front_pool():
-                self.front_pooled = self.front
+            # NOTE: loading the phoneme part's graph takes ~1 s here (the frame part's 0.05
+            # s; loading the graph the first session optimized, with no optimizing, was no
+            # faster) and the check 0.4 s: that would hold the replica's start 2-2.5 s on two
+            # busy cores. Until its pool is in, a lone item's phoneme part runs at one
+            # thread, with the same outputs.
+            self._pooling = threading.Thread(
+                target=self._pool_phonemes,
+                args=(lambda: session(front_part, threads),),
+                name=f"chorus-phoneme-pool-{info.id}",
+                daemon=True,
+            )
+            self._pooling.start()
 
-    def _check_front_pool(self) -> bool:
-        """Whether the pooled phoneme part gives the one thread's outputs to the bit, checked
-        on random phoneme ids at `POOLED_PHONEME_CHECKS`."""
+    def _pool_phonemes(self, load: Callable[[], Any]) -> None:
+        """Load the phoneme part's pool and put it in use if it gives the one thread's
+        outputs."""
+        try:
+            pooled = load()
+            if self._check_front_pool(pooled):
+                self.front_pooled = pooled
+        except Exception:
+            logger.exception("Voice %s: its phoneme part stays at one thread", self.info.id)
+
+    def pooled(self, timeout_s: float | None = None) -> bool:
+        """Whether the phoneme part's pool is in use, once it has been loaded and checked
+        (waiting up to `timeout_s` for that)."""
+        if self._pooling is not None:
+            self._pooling.join(timeout_s)
+        return self.front_pooled is not self.front
+
+    def _check_front_pool(self, pooled: Any) -> bool:
+        """Whether `pooled`, the phoneme part on a pool, gives the one thread's outputs to the
+        bit, checked on random phoneme ids at `POOLED_PHONEME_CHECKS`."""
         rng = np.random.default_rng(0)
         symbols = 1 + max(i for ids in self.info.phoneme_id_map.values() for i in ids)
         for length in POOLED_PHONEME_CHECKS:
             ids = tuple(int(i) for i in rng.integers(1, symbols, length))
             item = SynthesisItem(self.info.id, ids, 1.0, 0.667, 0.8, length)
-            one, pooled = (self._phonemes(item, s) for s in (self.front, self.front_pooled))
-            if not all(np.array_equal(a, b) for a, b in zip(one, pooled, strict=True)):
+            one, many = (self._phonemes(item, s) for s in (self.front, pooled))
+            if not all(np.array_equal(a, b) for a, b in zip(one, many, strict=True)):
                 logger.warning(
                     "Voice %s: every item's phoneme part runs at one thread (the pool's "
                     "outputs differ at %d phonemes)",
@@ -336,6 +367,10 @@ class OrtEngine(Engine):
                 alone = self.cores is None or self.cores.running == 1
                 audio.append(self._voices[item.voice].synthesize(item, alone))
         return audio
+
+    def pooled(self, timeout_s: float | None = None) -> bool:
+        """Whether every voice's phoneme part has its pool in use (`OrtVoice.pooled`)."""
+        return all(v.pooled(timeout_s) for v in self._voices.values())
 
     def status(self) -> dict[str, Any]:
         voices = self._voices.values()
