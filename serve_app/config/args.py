@@ -233,7 +233,7 @@ class AppConfig(_Strict):
     cpu_engine: Literal["onnxruntime", "pytorch"] = Field(
         "onnxruntime",
         description="What runs the voice on a CPU synthesizer replica: onnxruntime (the voice "
-        "file's own runtime, cut where the noise goes in; a replica loads in 6-7 s here) or "
+        "file's own runtime, cut where the noise goes in; a replica loads in about 5 s here) or "
         "pytorch (the GPU engine, run on CPU). Either takes its noise from the request's "
         "seed: a seed gives the same audio in both (within 1e-4), and in each the same "
         "samples alone or beside other sentences. GPU replicas always run pytorch "
