@@ -199,12 +199,17 @@ class OrtVoice:
         except Exception:
             logger.exception("Voice %s: its phoneme part stays at one thread", self.info.id)
 
+    @property
+    def phonemes_pooled(self) -> bool:
+        """Whether the phoneme part's pool is in use (loaded, and its check passed)."""
+        return self.front_pooled is not self.front
+
     def pooled(self, timeout_s: float | None = None) -> bool:
-        """Whether the phoneme part's pool is in use, once it has been loaded and checked
-        (waiting up to `timeout_s` for that)."""
+        """`phonemes_pooled`, once the pool has been loaded and checked (waiting up to
+        `timeout_s` for that)."""
         if self._pooling is not None:
             self._pooling.join(timeout_s)
-        return self.front_pooled is not self.front
+        return self.phonemes_pooled
 
     def _check_front_pool(self, pooled: Any) -> bool:
         """Whether `pooled`, the phoneme part on a pool, gives the one thread's outputs to the
@@ -380,7 +385,7 @@ class OrtEngine(Engine):
             "batch_policy": "per_item",
             "threads": self.threads,
             "leaves_pool_from_frames": None if None in pooled else max(pooled, default=None),
-            "phoneme_part_pooled": all(v.front_pooled is not v.front for v in voices),
+            "phoneme_part_pooled": all(v.phonemes_pooled for v in voices),
             "decoder_refused": self.decoder_refused,
         }
 
