@@ -17,7 +17,9 @@ sentence by sentence); then `--clients` clients for `--seconds`. Chorus also get
 requests one at a time: each of the sentences alone (whole file), then the same sentence
 followed by two more, streamed (pcm): how much later than one sentence's synthesis its first
 audio comes. `--rounds 2` runs the servers twice, in turn (piper, layouts..., piper,
-layouts...), to show the spread.
+layouts...), to show the spread. Each closed loop also records the CPU its server's
+processes spent, in ms per sentence answered by process (Ray's actors by name), and how busy
+the machine was (`cpu`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import argparse
 import asyncio
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
 
@@ -79,7 +82,8 @@ def body(server: srv.Server, text: str, seed: int, stream: bool = False) -> dict
 
 
 async def closed(server: srv.Server, clients: int, seconds: float) -> dict:
-    """`clients` closed-loop clients, one sentence each, for `seconds`."""
+    """`clients` closed-loop clients, one sentence each, for `seconds`; with the CPU the
+    server's processes spent meanwhile (`cpu`)."""
     async with aiohttp.ClientSession() as session:
         url = server.url + server.speech_path
 
@@ -88,7 +92,31 @@ async def closed(server: srv.Server, clients: int, seconds: float) -> dict:
 
         for i in range(4):  # warm: each server's first requests pay for its start
             await ask(i)
-        return await load.closed_loop(ask, clients, seconds)
+        before, idle = srv.cpu_seconds(server.pid), machine_idle()
+        out = await load.closed_loop(ask, clients, seconds)
+        out["cpu"] = srv.cpu_spent(before, srv.cpu_seconds(server.pid), out["ok"], out["elapsed_s"])
+        out["cpu"]["machine_busy"] = round(1 - (machine_idle() - idle).share(), 3)
+        return out
+
+
+@dataclass
+class Jiffies:
+    """This machine's CPU time so far (/proc/stat's first line): idle, and all."""
+
+    idle: int
+    total: int
+
+    def __sub__(self, other: Jiffies) -> Jiffies:
+        return Jiffies(self.idle - other.idle, self.total - other.total)
+
+    def share(self) -> float:
+        return self.idle / max(1, self.total)
+
+
+def machine_idle() -> Jiffies:
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    return Jiffies(fields[3] + fields[4], sum(fields))  # idle and iowait
 
 
 async def per_sentence(server: srv.Server, repeats: int) -> list[float]:
@@ -164,6 +192,9 @@ def brief(out: dict, clients: int) -> str:
         f"{clients} clients {many['audio_s_per_s']} audio-s/s p50 {many['latency_s']['p50']} s "
         f"(failed {many['failed']})"
     )
+    cpu = many["cpu"]
+    text += f" | CPU ms/sentence at {clients} clients (machine {cpu['machine_busy']:.0%} busy): "
+    text += ", ".join(f"{role} {ms:.1f}" for role, ms in cpu["cpu_ms_per_item"].items())
     if "streamed" in out:
         s = out["streamed"]
         late = s["first_audio_after_sentence_s"]["p50"]

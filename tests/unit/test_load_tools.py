@@ -176,3 +176,34 @@ def test_background_load_keeps_every_answer_and_can_leave_requests_in_flight() -
         assert sum(a.status == 200 and a.sentences == 3 for a in load.answers) >= 20
     finally:
         server.shutdown()
+
+
+@pytest.mark.timeout(60)
+def test_the_cpu_a_server_spends_is_counted_by_process_and_for_the_machine() -> None:
+    import subprocess
+    import sys
+
+    import psutil
+
+    from load_tests.bench_vs_piper import machine_idle
+    from load_tests.servers import cpu_seconds, cpu_spent
+
+    spin = "import time\nend = time.process_time() + 2\nwhile time.process_time() < end: pass"
+    child = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {spin!r}])"
+    parent = subprocess.Popen([sys.executable, "-c", child])
+    try:
+        while not psutil.Process(parent.pid).children():  # the spinning grandchild is up
+            time.sleep(0.01)
+        before, idle, t0 = cpu_seconds(parent.pid), machine_idle(), time.perf_counter()
+        time.sleep(0.5)
+        after = cpu_seconds(parent.pid)  # read while it runs: a finished child counts no more
+        spent = cpu_spent(before, after, 10, time.perf_counter() - t0)
+        busy = 1 - (machine_idle() - idle).share()
+    finally:
+        for kid in psutil.Process(parent.pid).children(recursive=True):
+            kid.kill()
+        parent.kill()
+        parent.wait(30)
+    # the spinning process, found below its parent: up to 0.5 s of CPU over 10 sentences
+    assert 15 <= spent["cpu_ms_per_item"]["server process"] <= 55, spent
+    assert busy > 0
