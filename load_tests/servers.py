@@ -201,7 +201,9 @@ def cpu_spent(before: Counter, after: Counter, items: int, elapsed_s: float) -> 
 def role(cmdline: list[str]) -> str:
     title = " ".join(cmdline)
     if title.startswith("ray::"):
-        name = title.split()[0].removeprefix("ray::")
+        # NOTE: an actor's title names the method it runs lately ("ServeController.
+        # listen_for_change"): keyed by it, its whole CPU since start would count as spent.
+        name = title.split()[0].removeprefix("ray::").split(".", 1)[0]
         return name.rsplit(":", 1)[-1] if name.startswith("ServeReplica") else name
     if cmdline and cmdline[0].rsplit("/", 1)[-1] == "haproxy":  # chorus-haproxy execs it
         return "haproxy"  # Serve's front door in HAProxy mode (RAY_SERVE_ENABLE_HA_PROXY=1)

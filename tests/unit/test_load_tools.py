@@ -207,3 +207,12 @@ def test_the_cpu_a_server_spends_is_counted_by_process_and_for_the_machine() -> 
     # the spinning process, found below its parent: up to 0.5 s of CPU over 10 sentences
     assert 15 <= spent["cpu_ms_per_item"]["server process"] <= 55, spent
     assert busy > 0
+
+
+def test_a_ray_process_keeps_its_role_whatever_method_its_title_names() -> None:
+    from load_tests.servers import role
+
+    assert role(["ray::ServeController"]) == role(["ray::ServeController.listen_for_change"])
+    assert role(["ray::ServeReplica:chorus:Synthesizer"]) == "Synthesizer"
+    assert role(["ray::ServeReplica:chorus:Ingress.handle_request"]) == "Ingress"
+    assert role(["/usr/bin/python", "-m", "serve_app.local"]) == "server process"
