@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
 
@@ -92,31 +91,11 @@ async def closed(server: srv.Server, clients: int, seconds: float) -> dict:
 
         for i in range(4):  # warm: each server's first requests pay for its start
             await ask(i)
-        before, idle = srv.cpu_seconds(server.pid), machine_idle()
+        before, machine = srv.cpu_seconds(server.pid), srv.machine_times()
         out = await load.closed_loop(ask, clients, seconds)
         out["cpu"] = srv.cpu_spent(before, srv.cpu_seconds(server.pid), out["ok"], out["elapsed_s"])
-        out["cpu"]["machine_busy"] = round(1 - (machine_idle() - idle).share(), 3)
+        out["cpu"]["machine_busy"] = srv.machine_busy(machine, srv.machine_times())
         return out
-
-
-@dataclass
-class Jiffies:
-    """This machine's CPU time so far (/proc/stat's first line): idle, and all."""
-
-    idle: int
-    total: int
-
-    def __sub__(self, other: Jiffies) -> Jiffies:
-        return Jiffies(self.idle - other.idle, self.total - other.total)
-
-    def share(self) -> float:
-        return self.idle / max(1, self.total)
-
-
-def machine_idle() -> Jiffies:
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    return Jiffies(fields[3] + fields[4], sum(fields))  # idle and iowait
 
 
 async def per_sentence(server: srv.Server, repeats: int) -> list[float]:

@@ -198,6 +198,18 @@ def cpu_spent(before: Counter, after: Counter, items: int, elapsed_s: float) -> 
     }
 
 
+def machine_times() -> tuple[float, float]:
+    """This machine's CPU seconds so far, all cores: idle (iowait included), and all."""
+    times = psutil.cpu_times()
+    return times.idle + getattr(times, "iowait", 0.0), sum(times)
+
+
+def machine_busy(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """The share of the machine's CPU time busy between two `machine_times`."""
+    idle, total = after[0] - before[0], after[1] - before[1]
+    return round(1 - idle / total, 3) if total > 0 else 0.0
+
+
 def role(cmdline: list[str]) -> str:
     title = " ".join(cmdline)
     if title.startswith("ray::"):

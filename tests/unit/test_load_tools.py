@@ -185,8 +185,7 @@ def test_the_cpu_a_server_spends_is_counted_by_process_and_for_the_machine() -> 
 
     import psutil
 
-    from load_tests.bench_vs_piper import machine_idle
-    from load_tests.servers import cpu_seconds, cpu_spent
+    from load_tests.servers import cpu_seconds, cpu_spent, machine_busy, machine_times
 
     spin = "import time\nend = time.process_time() + 2\nwhile time.process_time() < end: pass"
     child = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {spin!r}])"
@@ -194,11 +193,11 @@ def test_the_cpu_a_server_spends_is_counted_by_process_and_for_the_machine() -> 
     try:
         while not psutil.Process(parent.pid).children():  # the spinning grandchild is up
             time.sleep(0.01)
-        before, idle, t0 = cpu_seconds(parent.pid), machine_idle(), time.perf_counter()
+        before, machine, t0 = cpu_seconds(parent.pid), machine_times(), time.perf_counter()
         time.sleep(0.5)
         after = cpu_seconds(parent.pid)  # read while it runs: a finished child counts no more
         spent = cpu_spent(before, after, 10, time.perf_counter() - t0)
-        busy = 1 - (machine_idle() - idle).share()
+        busy = machine_busy(machine, machine_times())
     finally:
         for kid in psutil.Process(parent.pid).children(recursive=True):
             kid.kill()
