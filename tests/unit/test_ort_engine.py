@@ -14,6 +14,7 @@ from load_tests import onnx_reference
 from serve_app.config import SynthesizerUserConfig, VoiceSource
 from serve_app.model.cores import CoreShare
 from serve_app.model.engines.base import SynthesisItem
+from serve_app.model.engines.frames import MIN_PIECE_FRAMES
 from serve_app.model.engines.ort import OrtEngine, find_cut
 from serve_app.model.engines.piper import PiperEngine
 from serve_app.model.voices import VoiceInfo, VoiceLoadError
@@ -75,41 +76,43 @@ def test_the_seed_decides_the_noise(engine, ids) -> None:
 
 def test_items_side_by_side_keep_their_audio_to_the_bit(engine, ids, monkeypatch) -> None:
     voice = engine._voices["joe"]
-    used = []  # each part's session for each item
-    frames_part, phoneme_part = voice._frames, voice._phonemes
-    monkeypatch.setattr(voice, "_frames", lambda z, c, s: used.append(s) or frames_part(z, c, s))
+    used = []  # how each item's parts ran
+    frame_part, phoneme_part = voice.frames.run, voice._phonemes
+    monkeypatch.setattr(
+        voice.frames, "run", lambda f, h=None, p=1: used.append(("frames", h is not None, p))
+        or frame_part(f, h, p),
+    )
     monkeypatch.setattr(voice, "_phonemes", lambda i, s: used.append(s) or phoneme_part(i, s))
     items = [item(seq, seed=400 + k) for k, seq in enumerate(ids)]
-    frames = [a.size // 256 for a in engine.synthesize(items)]
-    pooled_from = engine.status()["leaves_pool_from_frames"]
-    assert pooled_from == 160  # 80 per thread
-    # Beside others, some leave the pool for one thread and some stay on it.
-    assert min(frames) < pooled_from <= max(frames), frames
+    together = engine.synthesize(items)  # no cores to share: each whole, at one thread
+    assert set(used) == {voice.front, ("frames", False, 1)}
+    used.clear()
     engine.cores = CoreShare(2)  # as a replica's: it tells whether an item runs alone
     try:
         alone = [engine.synthesize([it])[0] for it in items]
-        assert set(used) == {voice.front_pooled, voice.frames_pooled}  # both parts pooled
+        assert set(used) == {voice.front_pooled, ("frames", True, 2)}  # pool, and pieces
         used.clear()
         with ThreadPoolExecutor(4) as pool:  # as a replica's engine threads call it
             beside = list(pool.map(lambda it: engine.synthesize([it])[0], items * 2))
     finally:
         engine.cores = None
-    assert voice.frames_one in used and voice.frames_pooled in used
-    assert voice.front in used  # beside others, the phoneme part at one thread
-    together = engine.synthesize(items)  # one call of many: each its own
+    assert voice.front in used and ("frames", False, 1) in used  # beside others: one thread
+    frames = [a.size // 256 for a in alone]
+    assert min(frames) < 2 * MIN_PIECE_FRAMES <= max(frames), frames  # whole, and in pieces
     for a, b in zip(alone * 3, beside + together, strict=True):
         assert np.array_equal(a, b)
 
 
-def test_the_pooled_frame_part_gives_the_one_thread_samples_from_its_edge(engine) -> None:
-    voice = engine._voices["joe"]
-    edge = voice.pooled_from
-    rng = np.random.default_rng(7)
-    for frames in [*range(edge, edge + 18), 2 * edge - 1, 3 * edge + 11]:
-        z = rng.standard_normal((1, 192, frames), dtype=np.float32)
-        mask = [np.ones((1, 1, frames), np.float32)]
-        one = voice._frames(z, mask, voice.frames_one)
-        assert np.array_equal(one, voice._frames(z, mask, voice.frames_pooled)), frames
+def test_a_lone_items_frame_part_in_pieces_gives_the_whole_to_the_bit(engine) -> None:
+    frames = engine._voices["joe"].frames
+    assert frames.halos == (32, 12)  # the flow's four couplings of 4 x 2 frames; the decoder
+    serial = ThreadPoolExecutor(1)
+    for n in [*range(160, 170), 211, 257, 333, 480, 701]:
+        feed = frames.sample(n)
+        whole = frames.run(feed)
+        for pieces in (2, 3):
+            assert np.array_equal(whole, frames.run(feed, serial, pieces)), (n, pieces)
+    serial.shutdown()
 
 
 def test_the_pooled_phoneme_part_gives_the_one_thread_outputs(engine, ids) -> None:
@@ -132,7 +135,8 @@ def test_output_is_speech_in_range(engine, ids) -> None:
     assert engine.padding_efficiency == 1.0  # the batch padding metric: nothing padded
     assert engine.status() == {
         "runtime": "onnxruntime", "batch_policy": "per_item", "threads": 2,
-        "leaves_pool_from_frames": 160, "phoneme_part_pooled": True, "decoder_refused": None,
+        "decoder_blocked": True, "lone_item_split": True, "phoneme_part_pooled": True,
+        "decoder_refused": None,
     }  # fmt: skip
 
 
@@ -159,6 +163,7 @@ def test_a_multi_speaker_voice_matches_onnxruntime_for_each_speaker(tmp_path, us
     reference = onnx_reference.speakers(source.model_path, ids, list(SPEAKERS.values()))
     for ours, want in zip(got, reference, strict=True):
         assert ours.shape == want.shape and np.abs(ours - want).max() <= 1e-4
+    assert eng.status()["decoder_blocked"]  # its speaker's conditioning added unblocked
     assert np.abs(got[0][:4000] - got[1][:4000]).max() > 1e-3  # distinct speakers
     noisy = SynthesisItem("trio", ids, 1.0, 0.667, 0.8, 7, speaker=1)
     pytorch = PiperEngine([source], warm_buckets=False)

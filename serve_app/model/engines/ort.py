@@ -8,26 +8,22 @@ as an input and gives every frame its prior; the latent noise is added here; the
 seed gives an item the same noise in either engine, alone or beside any other item.
 
 Every item runs alone (batch 1), as piper runs a sentence: no padding, no per-length set-up
-cost. Threads: an item that runs alone runs both parts on pools of `threads` (as piper runs
-the whole); beside other items its phoneme part runs at one thread, and so does the frame part
-(flow and decoder, about three quarters of the work) of a long item: two one-thread items on
-two cores make more audio than two items sharing a pool (23.5 against 18-20 audio-s/s
-in-process). The pools' workers sleep between operations instead of spinning, so a pool
-beside a one-thread item takes no core from it.
+cost. Threads: beside other items, every part of an item runs at one thread, one item per
+core; the frame part (flow and decoder, about 85% of the work) on onnxruntime's
+channel-blocked convolutions (`engines.frames`). An item that runs alone runs its phoneme part
+on a pool of `threads` and its frame part in `threads` pieces along time at once, each at one
+thread (`engines.frames`: with the whole's samples to the bit). The pools' workers sleep
+between operations instead of spinning, so a pool beside a one-thread item takes no core
+from it.
 
-That switch never changes a sample. onnxruntime's matrix products (MLAS) split the larger of
-their two sides between threads, and a thread with 64 columns or fewer sums its products in
-longer blocks than one with more. In the frame part the columns are frames: from
-POOLED_FRAMES_PER_THREAD frames per thread every thread of every product there has more than
-64 columns, and the pool's samples are the one thread's to the bit. A shorter item always runs
-its frame part on the pool, alone or not: its thread count, and so its samples, depend on
-nothing but the item. In the phoneme part the columns are phonemes, and the rows (192 or more
-channels) are the larger side until each thread's share of columns is over 64, or the inner
-sum fits one block (attention): its pool gives the one thread's outputs at any length. Both
-are checked for each voice (the frame part's at load; the phoneme part's pool is loaded and
-checked just after, and an item alone runs that part at one thread until then) and by
-tests/unit/test_ort_engine.py; where a pool differs, its part keeps one thread count for every
-item.
+Neither switch changes a sample. In the phoneme part, onnxruntime's matrix products (MLAS)
+split the larger of their two sides between threads, and a thread with 64 columns or fewer
+sums its products in longer blocks than one with more: the columns are phonemes, and the rows
+(192 or more channels) are the larger side until each thread's share of columns is over 64,
+or the inner sum fits one block (attention): its pool gives the one thread's outputs at any
+length. That is checked for each voice just after load (an item alone runs that part at one
+thread until then) and by tests/unit/test_ort_engine.py; where the pool differs, every item
+runs it at one thread.
 """
 
 from __future__ import annotations
@@ -36,6 +32,7 @@ import logging
 import threading
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import Executor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -48,15 +45,13 @@ from onnx.utils import Extractor
 from serve_app.config import SynthesizerUserConfig, VoiceSource
 from serve_app.model.cores import one_thread
 from serve_app.model.engines.base import Engine, SynthesisItem
+from serve_app.model.engines.frames import FramePart
 from serve_app.model.engines.noise import DURATION_NOISE, LATENT_NOISE, gaussian
 from serve_app.model.engines.samples import warmup_item
 from serve_app.model.voices import VoiceInfo, VoiceLoadError
 
 logger = logging.getLogger("ray.serve.chorus.engine")
 
-# From this many frames per thread, an item beside others runs its frame part at one thread
-# (module docstring: below it a thread's share of a matrix product may be 64 columns or fewer).
-POOLED_FRAMES_PER_THREAD = 80
 # Phoneme counts at which the pooled phoneme part is checked against the one-thread one at
 # load: either side of 64 and 128 (one or two threads' share of a product's columns), and past
 # 192 (the channels, beyond which products split their columns); about 0.4 s here.
@@ -133,9 +128,9 @@ def _downstream(tensor: str, consumers: dict[str, list[onnx.NodeProto]]) -> list
 
 
 class OrtVoice:
-    """One voice as onnxruntime sessions cut where the noise goes in (`find_cut`): each part
-    on a pool of `threads` for an item alone; beside others the phoneme part at one thread,
-    and the frame part too for a long item."""
+    """One voice as onnxruntime sessions cut where the noise goes in (`find_cut`): the
+    phoneme part on a pool of `threads` for an item alone, at one thread beside others; the
+    frame part at one thread, in pieces for an item alone (`engines.frames`)."""
 
     def __init__(self, info: VoiceInfo, threads: int) -> None:
         import onnxruntime as ort
@@ -158,7 +153,7 @@ class OrtVoice:
         extractor = Extractor(model)
         noise = [cut.duration_noise] if cut.duration_noise else []
         front = extractor.extract_model(inputs + noise, [cut.m_p, cut.logs_p, *cut.carried])
-        back = extractor.extract_model([cut.z_p, *cut.carried], [cut.output]).SerializeToString()
+        back = extractor.extract_model([cut.z_p, *cut.carried], [cut.output])
 
         def session(part: bytes, threads: int) -> Any:
             return ort.InferenceSession(part, _options(threads), ["CPUExecutionProvider"])
@@ -166,28 +161,32 @@ class OrtVoice:
         self.info, self.cut = info, cut
         front_part = front.SerializeToString()
         self.front = session(front_part, 1)
-        # NOTE: at one thread the pools are the one-thread sessions; the phoneme part's pool
-        # comes once loaded and checked (`_pool_phonemes`).
+        # NOTE: at one thread the pool is the one-thread session; the phoneme part's pool
+        # comes once loaded and checked (`_after_load`).
         self.front_pooled = self.front
-        self.frames_one = session(back, 1)
-        self.frames_pooled = session(back, threads) if threads > 1 else self.frames_one
-        # Frames from which an item beside others may leave the pool (None: none may).
-        self.pooled_from: int | None = None
+        self.frames = FramePart(back, lambda: _options(1), self._sample)
         self._pooling: threading.Thread | None = None
         if threads > 1:
-            self.pooled_from = self._check_pool(POOLED_FRAMES_PER_THREAD * threads)
-            # NOTE: loading the phoneme part's graph takes ~1 s here (the frame part's 0.05
-            # s; loading the graph the first session optimized, with no optimizing, was no
-            # faster) and the check 0.4 s: that would hold the replica's start 2-2.5 s on two
-            # busy cores. Until its pool is in, a lone item's phoneme part runs at one
-            # thread, with the same outputs.
+            # NOTE: loading the phoneme part's graph takes ~1 s here and its check 0.4 s,
+            # finding the frame part's halos ~2 s: that would hold the replica's start on two
+            # busy cores. Until then a lone item runs both parts at one thread, with the same
+            # outputs.
             self._pooling = threading.Thread(
-                target=self._pool_phonemes,
-                args=(lambda: session(front_part, threads),),
+                target=self._after_load,
+                args=(lambda: session(front_part, threads), threads),
                 name=f"chorus-phoneme-pool-{info.id}",
                 daemon=True,
             )
             self._pooling.start()
+
+    def _after_load(self, load: Callable[[], Any], threads: int) -> None:
+        """Put the phoneme part's pool in use if it gives the one thread's outputs, and a lone
+        item's frame part in `threads` pieces if halos are found that give the whole's."""
+        self._pool_phonemes(load)
+        try:
+            self.frames.find_halos(threads)
+        except Exception:
+            logger.exception("Voice %s: a lone item's frame part runs whole", self.info.id)
 
     def _pool_phonemes(self, load: Callable[[], Any]) -> None:
         """Load the phoneme part's pool and put it in use if it gives the one thread's
@@ -230,48 +229,31 @@ class OrtVoice:
                 return False
         return True
 
-    def _check_pool(self, from_frames: int) -> int | None:
-        """`from_frames` if the pooled frame part gives the one-thread samples at lengths from
-        there (checked on random latents at the edge and beyond), else None."""
+    def _sample(self, frames: int) -> dict[str, np.ndarray]:
+        """The frame part's inputs for `frames` frames: random latents, and what else crosses
+        (the frame mask, all ones for one item; a speaker's embedding) as for a real item."""
         m_p, _, *carried = self._phonemes(warmup_item(self.info), self.front)
-        frames = m_p.shape[2]
-        # NOTE: what crosses besides the latents is the frame mask (all ones for one item) and
-        # a speaker's embedding; anything else with a frame axis, and the check cannot pad it.
-        masks = [c.shape[-1] == frames for c in carried]
-        if any(m and not np.all(c == 1) for m, c in zip(masks, carried, strict=True)):
-            return self._unpooled("its frame part reads more than the frame mask")
-        rng = np.random.default_rng(0)
-        for width in (from_frames, from_frames + 1, from_frames + 17, 2 * from_frames + 5):
-            z = rng.standard_normal((1, m_p.shape[1], width), dtype=np.float32)
-            feed = [
-                np.ones((*c.shape[:-1], width), np.float32) if mask else c
-                for mask, c in zip(masks, carried, strict=True)
-            ]
-            one, pooled = (self._frames(z, feed, s) for s in (self.frames_one, self.frames_pooled))
-            if not np.array_equal(one, pooled):
-                return self._unpooled(f"the pool's samples differ at {width} frames")
-        return from_frames
+        rng = np.random.default_rng(frames)
+        feed = {self.cut.z_p: rng.standard_normal((1, m_p.shape[1], frames), np.float32)}
+        for name, value in zip(self.cut.carried, carried, strict=True):
+            if value.shape[-1] == m_p.shape[2]:  # NOTE: only the mask has frames, all ones
+                value = np.ones((*value.shape[:-1], frames), np.float32)
+            feed[name] = value
+        return feed
 
-    def _unpooled(self, why: str) -> None:
-        logger.warning("Voice %s: every item's frame part runs on the pool (%s)", self.info.id, why)
-
-    def _frames(self, z_p: np.ndarray, carried: list[np.ndarray], session: Any) -> np.ndarray:
-        """The frame part on latents `z_p` (1, C, T); `carried`: the phoneme part's other
-        outputs (`Cut.carried`)."""
-        feed = dict(zip(self.cut.carried, carried, strict=True)) | {self.cut.z_p: z_p}
-        (audio,) = session.run(None, feed)
-        return audio.reshape(-1)
-
-    def synthesize(self, item: SynthesisItem, alone: bool) -> np.ndarray:
-        """One item's audio, float32 mono; `alone`: nothing else runs in the replica now (else
-        a long item's frame part leaves the pool: the same samples, more audio per core)."""
+    def synthesize(
+        self, item: SynthesisItem, helpers: Executor | None = None, pieces: int = 1
+    ) -> np.ndarray:
+        """One item's audio, float32 mono; `helpers`: threads free for it now, nothing else
+        running (its phoneme part then runs on the pool, its frame part in up to `pieces`
+        pieces at once: the same samples, sooner)."""
+        alone = helpers is not None
         m_p, logs_p, *carried = self._phonemes(item, self.front_pooled if alone else self.front)
-        frames = m_p.shape[2]
-        eps = gaussian([item.seed], LATENT_NOISE, m_p.shape[1], [frames], _CPU).numpy()
+        eps = gaussian([item.seed], LATENT_NOISE, m_p.shape[1], [m_p.shape[2]], _CPU).numpy()
         # NOTE: the graph's own order of operations: (noise * exp(logs_p)) * scale + m_p.
         z_p = m_p + eps * np.exp(logs_p) * np.float32(item.noise_scale)
-        leaves_pool = not alone and self.pooled_from is not None and frames >= self.pooled_from
-        return self._frames(z_p, carried, self.frames_one if leaves_pool else self.frames_pooled)
+        feed = dict(zip(self.cut.carried, carried, strict=True)) | {self.cut.z_p: z_p}
+        return self.frames.run(feed, helpers, pieces)
 
     def _phonemes(self, item: SynthesisItem, session: Any) -> list[np.ndarray]:
         """The phoneme part in `session`: each frame's prior mean and log scale (1, C, T),
@@ -369,8 +351,9 @@ class OrtEngine(Engine):
         audio = []
         for item in items:
             with self.cores.item() if self.cores else nullcontext():
-                alone = self.cores is None or self.cores.running == 1
-                audio.append(self._voices[item.voice].synthesize(item, alone))
+                helpers = self.cores.helpers() if self.cores else None
+                pieces = self.cores.threads if helpers else 1
+                audio.append(self._voices[item.voice].synthesize(item, helpers, pieces))
         return audio
 
     def pooled(self, timeout_s: float | None = None) -> bool:
@@ -379,12 +362,12 @@ class OrtEngine(Engine):
 
     def status(self) -> dict[str, Any]:
         voices = self._voices.values()
-        pooled = {v.pooled_from for v in voices}
         return {
             "runtime": "onnxruntime",
             "batch_policy": "per_item",
             "threads": self.threads,
-            "leaves_pool_from_frames": None if None in pooled else max(pooled, default=None),
+            "decoder_blocked": all(v.frames.blocked for v in voices),
+            "lone_item_split": all(v.frames.halos is not None for v in voices),
             "phoneme_part_pooled": all(v.phonemes_pooled for v in voices),
             "decoder_refused": self.decoder_refused,
         }
