@@ -289,9 +289,9 @@ def _drop_unused(graph: onnx.GraphProto) -> None:
     graph.initializer.extend(inits)
 
 
-def blocked_session(model: onnx.ModelProto, options: Callable[[], Any]) -> Any:
-    """A session of `model` (its decoder in 2-D) with its blocked tensors kept blocked: the
-    graph onnxruntime optimizes for this machine (block size), patched, and loaded as it is."""
+def blocked_model(model: onnx.ModelProto, options: Callable[[], Any]) -> onnx.ModelProto:
+    """`model` (its decoder in 2-D) as onnxruntime optimizes it for this machine (its block
+    size), with its blocked tensors kept blocked (`kept_blocked`)."""
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory(prefix="chorus-decoder-") as folder:
@@ -301,10 +301,16 @@ def blocked_session(model: onnx.ModelProto, options: Callable[[], Any]) -> Any:
         first.log_severity_level = 3  # its warning: the file is for this machine only
         ort.InferenceSession(model.SerializeToString(), first, ["CPUExecutionProvider"])
         optimized = onnx.load(str(path))
+    return kept_blocked(optimized, model.graph.input[0].name)
+
+
+def blocked_session(model: onnx.ModelProto, options: Callable[[], Any]) -> Any:
+    """A session of `blocked_model`, loaded as it is (no second optimization)."""
+    import onnxruntime as ort
+
     second = options()
     second.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    framed = model.graph.input[0].name
-    patched = kept_blocked(optimized, framed).SerializeToString()
+    patched = blocked_model(model, options).SerializeToString()
     return ort.InferenceSession(patched, second, ["CPUExecutionProvider"])
 
 
