@@ -244,7 +244,7 @@ class AppConfig(_Strict):
         ge=1,
         le=256,
         description="Sentence items a CPU synthesizer replica runs at once, each at one "
-        "thread (a lone item takes more: its frame part on cpu_threads threads in "
+        "thread (a lone item takes more: its frame part in pieces on cpu_threads threads in "
         "onnxruntime, its decoder with a helper in pytorch; the samples are the same either "
         "way). Default: one per thread; 1 runs items one after another with every thread.",
     )

@@ -1,5 +1,6 @@
-"""The frame part's rewrites (serve_app/model/engines/frames.py) on a small decoder built here:
-blocked, it gives the plain decoder's output; in pieces, the whole's to the bit."""
+"""The frame part's rewrites (serve_app/model/engines/blocked.py, frames.py) on a small
+decoder built here: blocked, it gives the plain decoder's output; in pieces, the whole's to
+the bit."""
 
 from __future__ import annotations
 
@@ -11,15 +12,14 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from serve_app.model.engines.frames import (
+from serve_app.model.engines.blocked import (
     NCHWC,
-    Stage,
     blocked_model,
     blocked_session,
     decoder_in_2d,
-    find_halo,
     split,
 )
+from serve_app.model.engines.frames import Stage, find_halo
 from serve_app.model.engines.ort import _options
 
 pytestmark = pytest.mark.timeout(60)

@@ -84,22 +84,19 @@ def test_items_side_by_side_keep_their_audio_to_the_bit(engine, ids, monkeypatch
     )
     monkeypatch.setattr(voice, "_phonemes", lambda i, s: used.append(s) or phoneme_part(i, s))
     items = [item(seq, seed=400 + k) for k, seq in enumerate(ids)]
-    together = engine.synthesize(items)  # no cores to share: each whole, at one thread
-    assert set(used) == {voice.front, ("frames", False, 1)}
+    assert isinstance(engine.cores, CoreShare)  # its own: given none, items come one at a time
+    alone = engine.synthesize(items)  # one call of many: each runs alone
+    assert set(used) == {voice.front_pooled, ("frames", True, 2)}  # the pool, and pieces
     used.clear()
-    engine.cores = CoreShare(2)  # as a replica's: it tells whether an item runs alone
-    try:
-        alone = [engine.synthesize([it])[0] for it in items]
-        assert set(used) == {voice.front_pooled, ("frames", True, 2)}  # pool, and pieces
-        used.clear()
-        with ThreadPoolExecutor(4) as pool:  # as a replica's engine threads call it
-            beside = list(pool.map(lambda it: engine.synthesize([it])[0], items * 2))
-    finally:
-        engine.cores = None
+    with ThreadPoolExecutor(4) as pool:  # as a replica's engine threads call it
+        beside = list(pool.map(lambda it: engine.synthesize([it])[0], items * 2))
     assert voice.front in used and ("frames", False, 1) in used  # beside others: one thread
     frames = [a.size // 256 for a in alone]
     assert min(frames) < 2 * MIN_PIECE_FRAMES <= max(frames), frames  # whole, and in pieces
-    for a, b in zip(alone * 3, beside + together, strict=True):
+    one_thread = OrtEngine([JOE], threads=1)  # every item whole, at one thread
+    one_thread.load("cpu")
+    assert one_thread.cores is None
+    for a, b in zip(alone * 3, beside + one_thread.synthesize(items), strict=True):
         assert np.array_equal(a, b)
 
 

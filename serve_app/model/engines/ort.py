@@ -43,7 +43,7 @@ import torch
 from onnx.utils import Extractor
 
 from serve_app.config import SynthesizerUserConfig, VoiceSource
-from serve_app.model.cores import one_thread
+from serve_app.model.cores import CoreShare, one_thread
 from serve_app.model.engines.base import Engine, SynthesisItem
 from serve_app.model.engines.frames import FramePart
 from serve_app.model.engines.noise import DURATION_NOISE, LATENT_NOISE, gaussian
@@ -316,6 +316,10 @@ class OrtEngine(Engine):
         # NOTE: a replica's engine thread has torch set to the replica's threads.
         threads = self._threads or (self.cores.threads if self.cores else torch.get_num_threads())
         self.threads = threads
+        if self.cores is None and threads > 1:
+            # NOTE: given no cores to share, items come one at a time: each runs alone, with
+            # the other threads as its helpers.
+            self.cores = CoreShare(threads)
         for source in self._sources:
             info = VoiceInfo.load(source)
             self._voices[info.id] = OrtVoice(info, threads)
