@@ -87,62 +87,69 @@ Sample = Callable[[int], dict[str, np.ndarray]]  # the frame part's inputs, by n
 
 
 class FramePart:
-    """A voice's frame part as one-thread `Stage`s: the flow, then the decoder (blocked where
-    that works), or the whole as one where no decoder is found; the whole on a pool of
-    `threads` (`pooled`: what an item shorter than `pooled_below` frames always runs on); and
-    the halos a lone item's pieces take (None until `find_halos` found them: it then runs
+    """A voice's frame part as `Stage`s: the flow, then the decoder (blocked where that works),
+    or the whole as one where no decoder is found; each at one thread (`stages`) and on a pool
+    of `threads` (`pooled`, what an item shorter than `pooled_below` frames always runs on);
+    and the halos a lone item's pieces take (None until `find_halos` found them: it then runs
     whole). `options(threads)`: session options; `sample(frames)`: inputs of that length to
     check against (random latents, as an item's other inputs)."""
 
     def __init__(
         self, back: onnx.ModelProto, options: Callable[[int], Any], sample: Sample, threads: int
     ) -> None:
-        import onnxruntime as ort
-
-        def session(model: onnx.ModelProto, threads: int) -> Any:
-            data = model.SerializeToString()
-            return ort.InferenceSession(data, options(threads), ["CPUExecutionProvider"])
-
         self.inputs = tuple(i.name for i in back.graph.input)
         self.sample = sample
         self.blocked = False
         self.halos: tuple[int, ...] | None = None
         # NOTE: an item too short for two pieces runs on the pool, alone or not: its samples
-        # depend on nothing but the item (the pool's differ from one thread's by ~2e-7).
+        # depend on nothing but the item (the pool's differ from one thread's by ~2e-7). The
+        # pool's decoder is blocked too: seven short items on it beside a one-thread item made
+        # 1,600-1,615 frames/s against 1,160-1,350 with the voice file's graph on the pool,
+        # which alone is quicker for them (333-354 against 434-457 ms for the seven); under
+        # 16 clients its replica spent 0.87-0.91 of piper's CPU per sentence, against 0.86.
         self.pooled_below = 2 * MIN_PIECE_FRAMES if threads > 1 else 0
         parts = split(back)
-        if parts is None:
-            self.stages = [Stage(session(back, 1), self.inputs)]
-        else:
-            flow, decoder = parts
-            self.stages = [
-                Stage(session(flow, 1), self.inputs),
-                Stage(session(decoder, 1), tuple(i.name for i in decoder.graph.input)),
-            ]
+        models = [back] if parts is None else list(parts)
+        names = [self.inputs] + [tuple(i.name for i in m.graph.input) for m in models[1:]]
+        made = [self._sessions(m, options, threads) for m in models]
+        self.stages = [Stage(one, n) for n, (one, _) in zip(names, made, strict=True)]
+        self.pooled = [Stage(pool, n) for n, (_, pool) in zip(names, made, strict=True)]
+        if parts is not None:
             try:
-                self._block(decoder, options)
+                self._block(parts[1], options, threads)
             except Exception:  # noqa: BLE001 - the plain decoder gives the same audio, slower
                 logger.exception("The decoder stays 1-D")
-        # NOTE: on the pool the whole frame part as the voice file has it: for a short item
-        # as quick as the blocked decoder at two threads or quicker (which splits its work by
-        # blocks of channels: 52 against 59 ms at 100 frames).
-        self.pooled = [Stage(session(back, threads), self.inputs)] if threads > 1 else []
 
-    def _block(self, decoder: onnx.ModelProto, options: Callable[[int], Any]) -> None:
+    @staticmethod
+    def _sessions(
+        model: onnx.ModelProto, options: Callable[[int], Any], threads: int
+    ) -> tuple[Any, Any]:
+        """`model` at one thread, and on a pool of `threads` (the same session at one)."""
+        import onnxruntime as ort
+
+        data = model.SerializeToString()
+        one = ort.InferenceSession(data, options(1), ["CPUExecutionProvider"])
+        if threads == 1:
+            return one, one
+        return one, ort.InferenceSession(data, options(threads), ["CPUExecutionProvider"])
+
+    def _block(self, decoder: onnx.ModelProto, options: Callable[[int], Any], threads: int) -> None:
         """Put the blocked decoder in use if it can be made and gives the plain one's audio
         (within 1e-5: its 2-D convolutions sum in another order)."""
         wide = decoder_in_2d(decoder)
         if wide is None:
             logger.info("The decoder stays 1-D: it holds operators it cannot carry over")
             return
+        model = blocked_model(wide, lambda: options(1))
         plain = self.stages[-1]
-        blocked = Stage(as_is(blocked_model(wide, lambda: options(1)), options(1)), plain.inputs)
+        one = Stage(as_is(model, options(1)), plain.inputs)
         feed = self.stage_inputs(len(self.stages) - 1, self.sample(2 * MIN_PIECE_FRAMES))
-        gap = float(np.abs(plain.run(feed) - blocked.run(feed)).max())
+        gap = float(np.abs(plain.run(feed) - one.run(feed)).max())
         if gap > 1e-5:
             logger.warning("The decoder stays 1-D: blocked, its audio is %.2g away", gap)
             return
-        self.stages[-1], self.blocked = blocked, True
+        pool = Stage(as_is(model, options(threads)), plain.inputs) if threads > 1 else one
+        self.stages[-1], self.pooled[-1], self.blocked = one, pool, True
 
     def stage_inputs(self, k: int, named: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Stage `k`'s inputs for the frame part's inputs `named` (the stages before it run)."""
