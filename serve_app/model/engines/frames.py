@@ -19,7 +19,7 @@ products sum a thread's share of 64 columns or fewer in other blocks than a long
 
 An item too short for two pieces (under 2 x `MIN_PIECE_FRAMES` frames, ~1.9 s of audio here)
 runs its frame part on a pool of the replica's threads instead, alone or beside others: at one
-thread a lone one would take up to 1.5x piper's time, and its samples still depend on nothing
+thread a lone one took 1.5-1.9x piper's time, and its samples still depend on nothing
 but the item.
 """
 
