@@ -52,8 +52,11 @@ def split(back: onnx.ModelProto) -> tuple[onnx.ModelProto, onnx.ModelProto] | No
         return None
     # NOTE: declared a rank-3 float tensor of the decoder's first channels (as z_p is), so
     # onnxruntime knows its convolutions' input rank when it lays them out.
-    first = next(n for n in decoder if from_flow[0] in n.input and n.op_type == "Conv")
-    weight = next(i for i in graph.initializer if i.name == first.input[1])
+    first = next((n for n in decoder if from_flow[0] in n.input and n.op_type == "Conv"), None)
+    weights = {i.name: i for i in graph.initializer}
+    if first is None or first.input[1] not in weights:
+        return None
+    weight = weights[first.input[1]]
     back = onnx.ModelProto.FromString(back.SerializeToString())
     kept = [v for v in back.graph.value_info if v.name != from_flow[0]]
     del back.graph.value_info[:]
