@@ -14,8 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from serve_app.model.engines.blocked import (
     NCHWC,
+    as_is,
     blocked_model,
-    blocked_session,
     decoder_in_2d,
     split,
 )
@@ -101,14 +101,12 @@ def test_the_blocked_decoder_gives_the_plain_ones_output_without_reorders_betwee
     x = session(flow).run(None, feed(200))[0]
     inputs = {"/flow/mask_out": x, "g": feed(200)["g"]}
     plain = session(decoder).run(None, inputs)[0]
-    wide = decoder_in_2d(decoder)
-    got = blocked_session(wide, lambda: _options(1)).run(None, inputs)[0]
+    model = blocked_model(decoder_in_2d(decoder), lambda: _options(1))
+    got = as_is(model, _options(1)).run(None, inputs)[0]
     assert got.shape == plain.shape and np.abs(got - plain).max() <= 1e-5
     # Blocked once after the upsampling (and once its LeakyRelu), reordered out once before
     # it and once at the end (one channel): nothing in between.
-    ops = [
-        n.op_type for n in blocked_model(wide, lambda: _options(1)).graph.node if n.domain == NCHWC
-    ]
+    ops = [n.op_type for n in model.graph.node if n.domain == NCHWC]
     assert ops.count("ReorderOutput") <= 3 and ops.count("ReorderInput") <= 4, ops
 
 

@@ -79,8 +79,9 @@ def test_items_side_by_side_keep_their_audio_to_the_bit(engine, ids, monkeypatch
     used = []  # how each item's parts ran
     frame_part, phoneme_part = voice.frames.run, voice._phonemes
     monkeypatch.setattr(
-        voice.frames, "run", lambda f, h=None, p=1: used.append(("frames", h is not None, p))
-        or frame_part(f, h, p),
+        voice.frames,
+        "run",
+        lambda f, h=None, p=1: used.append(("frames", h is not None, p)) or frame_part(f, h, p),
     )
     monkeypatch.setattr(voice, "_phonemes", lambda i, s: used.append(s) or phoneme_part(i, s))
     items = [item(seq, seed=400 + k) for k, seq in enumerate(ids)]

@@ -248,8 +248,3 @@ def as_is(model: onnx.ModelProto, options: Any) -> Any:
 
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(model.SerializeToString(), options, ["CPUExecutionProvider"])
-
-
-def blocked_session(model: onnx.ModelProto, options: Callable[[], Any]) -> Any:
-    """A session of `blocked_model`, loaded as it is."""
-    return as_is(blocked_model(model, options), options())

@@ -115,57 +115,54 @@ class FramePart:
             parts = None
         models = [back] if parts is None else list(parts)
         names = [self.inputs] + [tuple(i.name for i in m.graph.input) for m in models[1:]]
-        made = [self._sessions(m, options, threads) for m in models]
-        self.stages = [Stage(one, n) for n, (one, _) in zip(names, made, strict=True)]
-        self.pooled = [Stage(pool, n) for n, (_, pool) in zip(names, made, strict=True)]
+        loaders = [_loader(m, options) for m in models]
+        self.stages = [Stage(load(1), n) for load, n in zip(loaders, names, strict=True)]
         if parts is not None:
             try:
-                self._block(parts[1], options, threads)
+                blocked = self._blocked(parts[1], options)
             except Exception:  # noqa: BLE001 - the plain decoder gives the same audio, slower
                 logger.exception("The decoder stays 1-D")
+            else:
+                if blocked is not None:
+                    (loaders[-1], self.stages[-1]), self.blocked = blocked, True
+        # NOTE: the pool's sessions are made once each stage's graph is chosen (no plain
+        # decoder's pool made only to be dropped).
+        self.pooled = (
+            [Stage(load(threads), n) for load, n in zip(loaders, names, strict=True)]
+            if threads > 1
+            else self.stages
+        )
 
-    @staticmethod
-    def _sessions(
-        model: onnx.ModelProto, options: Callable[[int], Any], threads: int
-    ) -> tuple[Any, Any]:
-        """`model` at one thread, and on a pool of `threads` (the same session at one)."""
-        import onnxruntime as ort
-
-        data = model.SerializeToString()
-        one = ort.InferenceSession(data, options(1), ["CPUExecutionProvider"])
-        if threads == 1:
-            return one, one
-        return one, ort.InferenceSession(data, options(threads), ["CPUExecutionProvider"])
-
-    def _block(self, decoder: onnx.ModelProto, options: Callable[[int], Any], threads: int) -> None:
-        """Put the blocked decoder in use if it can be made and gives the plain one's audio
-        (within 1e-5: its 2-D convolutions sum in another order)."""
+    def _blocked(
+        self, decoder: onnx.ModelProto, options: Callable[[int], Any]
+    ) -> tuple[Callable[[int], Any], Stage] | None:
+        """The blocked decoder (its loader by thread count, and its one-thread stage) if it can
+        be made and gives the plain one's audio (within 1e-5: its 2-D convolutions sum in
+        another order); None to keep the plain one."""
         wide = decoder_in_2d(decoder)
         if wide is None:
             logger.info("The decoder stays 1-D: it holds operators it cannot carry over")
-            return
+            return None
         model = blocked_model(wide, lambda: options(1))
+
+        def load(threads: int) -> Any:
+            return as_is(model, options(threads))
+
         plain = self.stages[-1]
-        one = Stage(as_is(model, options(1)), plain.inputs)
+        one = Stage(load(1), plain.inputs)
         feed = self.stage_inputs(len(self.stages) - 1, self.sample(2 * MIN_PIECE_FRAMES))
         gap = float(np.abs(plain.run(feed) - one.run(feed)).max())
         if gap > 1e-5:
             logger.warning("The decoder stays 1-D: blocked, its audio is %.2g away", gap)
-            return
-        pool = Stage(as_is(model, options(threads)), plain.inputs) if threads > 1 else one
-        self.stages[-1], self.pooled[-1], self.blocked = one, pool, True
+            return None
+        return load, one
 
     def stage_inputs(self, k: int, named: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Stage `k`'s inputs for the frame part's inputs `named` (the stages before it run)."""
         out = None
-        for stage in self.stages[: k + 1]:
-            feed = [
-                out if out is not None and j == 0 else named[n] for j, n in enumerate(stage.inputs)
-            ]
-            if stage is self.stages[k]:
-                return feed
-            out = stage.run(feed)
-        raise IndexError(k)
+        for stage in self.stages[:k]:
+            out = stage.run(_inputs(stage, out, named))
+        return _inputs(self.stages[k], out, named)
 
     def run(
         self, feed: dict[str, np.ndarray], helpers: Executor | None = None, pieces: int = 1
@@ -179,8 +176,7 @@ class FramePart:
         stages = self.pooled if frames < self.pooled_below else self.stages
         out = None
         for k, stage in enumerate(stages):
-            args = [out if k and j == 0 else feed[n] for j, n in enumerate(stage.inputs)]
-            out = stage.pieces(args, count, halos[k] if halos else 0, helpers)
+            out = stage.pieces(_inputs(stage, out, feed), count, halos[k] if halos else 0, helpers)
         assert out is not None
         return out.reshape(-1)
 
@@ -196,6 +192,25 @@ class FramePart:
             halos.append(halo)
         self.halos = tuple(halos)
         return True
+
+
+def _inputs(
+    stage: Stage, previous: np.ndarray | None, named: dict[str, np.ndarray]
+) -> list[np.ndarray]:
+    """`stage`'s inputs: the stage before it's output first (none for the first stage), the
+    rest from the frame part's inputs `named`."""
+    return [
+        previous if previous is not None and j == 0 else named[n]
+        for j, n in enumerate(stage.inputs)
+    ]
+
+
+def _loader(model: onnx.ModelProto, options: Callable[[int], Any]) -> Callable[[int], Any]:
+    """A session of `model` for a thread count."""
+    import onnxruntime as ort
+
+    data = model.SerializeToString()
+    return lambda threads: ort.InferenceSession(data, options(threads), ["CPUExecutionProvider"])
 
 
 def find_halo(stage: Stage, feed: Callable[[int], list[np.ndarray]], pieces: int) -> int | None:

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -229,10 +230,16 @@ class OrtVoice:
                 return False
         return True
 
+    @cached_property
+    def _warm_phonemes(self) -> list[np.ndarray]:
+        """The phoneme part's outputs for the warm-up item (what `_sample` models its inputs
+        on: computed once, not for each of the checks' lengths)."""
+        return self._phonemes(warmup_item(self.info), self.front)
+
     def _sample(self, frames: int) -> dict[str, np.ndarray]:
         """The frame part's inputs for `frames` frames: random latents, and what else crosses
         (the frame mask, all ones for one item; a speaker's embedding) as for a real item."""
-        m_p, _, *carried = self._phonemes(warmup_item(self.info), self.front)
+        m_p, _, *carried = self._warm_phonemes
         rng = np.random.default_rng(frames)
         feed = {self.cut.z_p: rng.standard_normal((1, m_p.shape[1], frames), np.float32)}
         for name, value in zip(self.cut.carried, carried, strict=True):
