@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import random
 import threading
 import time
@@ -88,15 +89,18 @@ async def one_at_a_time(ask: Ask, count: int) -> dict:
     return rep.summarize(answers, time.perf_counter() - start)
 
 
-async def closed_loop(ask: Ask, clients: int, seconds: float) -> dict:
+async def closed_loop(
+    ask: Ask, clients: int, seconds: float = math.inf, requests: int | None = None
+) -> dict:
     """`clients` clients, each sending its next request when the last is answered (after
-    waiting the Retry-After of a refusal), for `seconds`."""
+    waiting the Retry-After of a refusal), for `seconds` or until `requests` were sent."""
     answers: list[Answer] = []
     order = itertools.count()
     end = time.perf_counter() + seconds
+    left = itertools.count() if requests is None else iter(range(requests))
 
     async def client() -> None:
-        while time.perf_counter() < end:
+        while time.perf_counter() < end and next(left, None) is not None:
             answer = await ask(next(order))
             answers.append(answer)
             if answer.status in REFUSALS:

@@ -67,6 +67,7 @@ def summarize(answers: list[Answer], elapsed_s: float) -> dict:
         "ok_per_s": round(len(ok) / elapsed_s, 3),
         "audio_s_per_s": round(sum(a.audio_s for a in ok) / elapsed_s, 2),
         "latency_s": spread([a.latency_s for a in ok]),
+        "latency_mean_s": round(sum(a.latency_s for a in ok) / len(ok), 4) if ok else None,
         "ttfa_s": spread([a.ttfa_s for a in ok if a.ttfa_s is not None]),
         "refused_share": round(len(refused) / max(1, len(answers)), 3),
         "refusal_ms": spread([a.latency_s for a in refused], 1000, 1),

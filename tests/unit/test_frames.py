@@ -5,6 +5,7 @@ the bit."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 
 import numpy as np
 import onnx
@@ -19,7 +20,7 @@ from serve_app.model.engines.blocked import (
     decoder_in_2d,
     split,
 )
-from serve_app.model.engines.frames import Stage, find_halo
+from serve_app.model.engines.frames import MIN_SPAN_FRAMES, Stage, find_halo, span
 from serve_app.model.engines.ort import _options
 
 pytestmark = pytest.mark.timeout(60)
@@ -135,3 +136,18 @@ def test_pieces_with_the_halo_found_give_the_whole_to_the_bit(pieces) -> None:
             assert np.array_equal(whole, stage.pieces(f, pieces, halo, helpers)), frames
             narrow = stage.pieces(f, pieces, 1, helpers)  # less than its reach: not the whole
             assert not np.array_equal(whole, narrow)
+
+
+def test_a_piece_short_of_the_narrowest_span_is_widened_into_its_neighbours() -> None:
+    halo = 12
+    for frames in (80, 91, 105, 106, 157, 200):
+        for count in (2, 3):
+            edges = [round(k * frames / count) for k in range(count + 1)]
+            for a, b in pairwise(edges):
+                lo, hi = span(a, b, halo, frames)
+                natural = max(0, a - halo), min(frames, b + halo)
+                assert 0 <= lo <= natural[0] and natural[1] <= hi <= frames
+                assert hi - lo >= MIN_SPAN_FRAMES, (frames, count, a, b)
+                if natural[1] - natural[0] >= MIN_SPAN_FRAMES:  # wide enough: as it was
+                    assert (lo, hi) == natural
+    assert span(0, 25, halo, 50) == (0, 50)  # an item narrower than a span: the whole

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import io
 import json
@@ -13,6 +14,7 @@ import wave
 import pytest
 from fastapi.testclient import TestClient
 
+from load_tests.load import closed_loop
 from load_tests.report import Answer, check_targets, summarize, table, wav_seconds
 from load_tests.texts import MIX, request_texts
 from serve_app.speech.audio import streaming_wav_header
@@ -55,8 +57,22 @@ def test_a_phase_separates_successes_refusals_and_failures() -> None:
     assert (p["sent"], p["ok"], p["refused"], p["failed"]) == (5, 2, 1, 2)
     assert p["audio_s_per_s"] == 2.0  # only delivered audio counts
     assert p["latency_s"]["p50"] == 2.0  # of successes only: a timeout is not a latency
+    assert p["latency_mean_s"] == 2.0
     assert p["refusal_ms"]["p99"] == 10.0
     assert p["refused_share"] == 0.2 and p["failed_share"] == 0.4
+
+
+def test_a_closed_loop_can_send_a_set_number_of_requests() -> None:
+    """Whole passes over the sentences: every server compared gets the same requests."""
+    asked = []
+
+    async def ask(i: int) -> Answer:
+        asked.append(i)
+        await asyncio.sleep(0.001)
+        return Answer(200, 0.001)
+
+    out = asyncio.run(closed_loop(ask, clients=3, requests=24))
+    assert out["sent"] == 24 and sorted(asked) == list(range(24))
 
 
 def phase(audio: float, p99: float, refused_p99: float = 0.0) -> dict:

@@ -108,7 +108,8 @@ def test_a_lone_items_frame_part_in_pieces_gives_the_whole_to_the_bit(engine) ->
     frames = engine._voices["joe"].frames
     assert frames.halos == (32, 12)  # the flow's four couplings of 4 x 2 frames; the decoder
     serial = ThreadPoolExecutor(1)
-    for n in [*range(160, 170), 211, 257, 333, 480, 701]:
+    # pieces widened to 65 frames (80-105 in two, 120-157 in three), then not
+    for n in [*range(80, 90), 104, 105, 106, 121, 157, 158, *range(160, 170), 211, 333, 701]:
         feed = frames.sample(n)
         whole = frames.run(feed)
         for pieces in (2, 3):

@@ -14,13 +14,18 @@ convolution's output reaches only so far into its input, so with a wide enough h
 sample kept is computed from the same inputs with the same arithmetic as in the whole: the
 same samples. The halos are found after load (`find_halo`: the narrowest that gives the
 whole's outputs to the bit at several lengths); until then, or if none does, a lone item runs
-whole at one thread too. No piece is shorter than `MIN_PIECE_FRAMES`: onnxruntime's matrix
-products sum a thread's share of 64 columns or fewer in other blocks than a longer one's.
+whole at one thread too.
 
-An item too short for two pieces (under 2 x `MIN_PIECE_FRAMES` frames, ~1.9 s of audio here)
-runs its frame part on a pool of the replica's threads instead, alone or beside others: at one
-thread a lone one took 1.5-1.9x piper's time, and its samples still depend on nothing
-but the item.
+No piece computes fewer than `MIN_SPAN_FRAMES` frames: onnxruntime's matrix products (MLAS)
+sum a product of 64 columns or fewer in longer blocks than a wider one, so a piece that
+narrow would sum otherwise than the whole. A piece whose own frames and halos fall short is
+widened into its neighbours' frames (more context never moves a kept sample). Every item of
+2 x `MIN_PIECE_FRAMES` frames or more (~0.9 s of audio here) can be cut so; checked at every
+length from 80 to 330 frames in two to four pieces here (docs/performance.md).
+
+An item shorter than that runs its frame part on a pool of the replica's threads instead,
+alone or beside others: in two pieces of 65 frames it would gain little, at one thread a lone
+one took 1.5-1.9x piper's time, and its samples still depend on nothing but the item.
 """
 
 from __future__ import annotations
@@ -40,10 +45,11 @@ from serve_app.model.engines.blocked import as_is, blocked_model, decoder_in_2d,
 logger = logging.getLogger("ray.serve.chorus.engine")
 
 HALOS = (4, 8, 12, 16, 24, 32, 48, 64, 96, 128)  # tried in turn, frames
-MIN_PIECE_FRAMES = 80  # a piece's own frames, at least (module docstring)
-# Lengths at which a halo is checked, in pieces of MIN_PIECE_FRAMES: the shortest split, and
-# two more, uneven.
-HALO_CHECKS = (2, 3.3, 4.7)
+MIN_PIECE_FRAMES = 40  # a piece's own frames, at least (module docstring)
+MIN_SPAN_FRAMES = 65  # frames a piece computes, its halos included, at least (module docstring)
+# Lengths at which a halo is checked, in pieces of MIN_PIECE_FRAMES: the shortest split, one
+# whose pieces are widened to MIN_SPAN_FRAMES by a frame, and two longer ones, uneven.
+HALO_CHECKS = (2, 2.6, 4, 6.6)
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,7 @@ class Stage:
         if count < 2 or helpers is None:
             return self.run(feed)
         edges = [round(k * frames / count) for k in range(count + 1)]
-        spans = [(max(0, a - halo), min(frames, b + halo)) for a, b in pairwise(edges)]
+        spans = [span(a, b, halo, frames) for a, b in pairwise(edges)]
 
         def piece(lo: int, hi: int) -> np.ndarray:
             return self.run([x[..., lo:hi] if x.shape[-1] == frames else x for x in feed])
@@ -81,6 +87,17 @@ class Stage:
             for out, (lo, _), (a, b) in zip(outs, spans, pairwise(edges), strict=True)
         ]
         return np.concatenate(kept, axis=-1)
+
+
+def span(a: int, b: int, halo: int, frames: int) -> tuple[int, int]:
+    """The frames a piece computes to keep frames [a, b) of `frames`: `halo` more on either
+    side, widened into its neighbours to `MIN_SPAN_FRAMES` (the whole, if shorter)."""
+    lo, hi = max(0, a - halo), min(frames, b + halo)
+    short = MIN_SPAN_FRAMES - (hi - lo)
+    if short > 0:
+        lo = max(0, min(lo - short // 2, frames - MIN_SPAN_FRAMES))
+        hi = min(frames, lo + MIN_SPAN_FRAMES)
+    return lo, hi
 
 
 Sample = Callable[[int], dict[str, np.ndarray]]  # the frame part's inputs, by name, that long
