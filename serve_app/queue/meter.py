@@ -8,7 +8,8 @@ with its length, so "phonemes ahead / phonemes drained per second" is an honest 
   (`model.profile`) and hands its profile to the ingress with every answer; before admitting
   a request while idle or after a quiet spell (`PROFILE_FRESH_S`) the ingress asks for one,
   so a cold start, a config change or a roll that no answer has shown yet is known before
-  the next burst is admitted. A cold server has a rate from its first request: the probe's
+  the next burst is admitted; but not just after an answer (`just_answered`), when no
+  slower settings can be in place yet. A cold server has a rate from its first request: the probe's
   speed at the batch size the replicas' answers show lately (one item until they show any;
   how full batches get depends on the load, not only on the settings).
 - **Measured drain**: phonemes finished per second of busy time (time with work outstanding:
@@ -33,6 +34,9 @@ from serve_app.model.profile import SpeedProfile
 
 BATCH_DECAY = 0.98  # weight of the batch sizes seen before each answer
 PROFILE_FRESH_S = 2.0  # a profile no answer confirmed for this long is asked for again
+# Of a profile's one-item probe time: how long after an answer no reconfigure can have ended
+# (`Meter.just_answered`).
+JUST_ANSWERED_SHARE = 0.5
 TAKEOVER_S = 10.0  # busy seconds of measured drain after which it alone is the rate
 # Without a profile, busy seconds of measured drain before it may refuse anyone: a few lone
 # short items read the model slower than it is (fixed costs per item).
@@ -66,6 +70,7 @@ class Meter:
         self._done: deque[tuple[float, int, float]] = deque()  # (busy clock, phonemes, model s)
         self._evidence_from = 0.0  # busy clock when the evidence last started afresh
         self._items_seen = self._batches_seen = 0.0  # recent answers, and the batches they ran in
+        self._answered: tuple[SpeedProfile, float] | None = None  # the last answer's, and when
 
     # -- evidence -------------------------------------------------------------------------
 
@@ -77,6 +82,7 @@ class Meter:
         if known is None or known[0] != profile:
             self._forget()
         if batch:  # NOTE: per item, so a batch of b counts 1/b batches: items / batches
+            self._answered = (profile, self.clock())
             self._items_seen = self._items_seen * BATCH_DECAY + 1
             self._batches_seen = self._batches_seen * BATCH_DECAY + 1 / batch
 
@@ -99,6 +105,22 @@ class Meter:
         """How long a model replica took to start, as the slowest known one measured it."""
         loads = [p.load_s for p, _ in self._profiles.values() if p.load_s is not None]
         return max(loads, default=None)
+
+    def just_answered(self) -> bool:
+        """Whether the one model replica answered so lately that no slower settings can be in
+        place since: its profile holds, with nothing to ask.
+
+        NOTE: a reconfigure waits for the batches running (`Synthesizer.reconfigure`), then
+        times a probe item alone before its new profile is given out. Slower settings take
+        longer than the old profile's one-item time for it, so within a share of that time
+        (`JUST_ANSWERED_SHARE`, for the answer's way back) of an answer a question would
+        bring back the same profile. One client sending one sentence after another then
+        skips a round trip to the replica per request (~5 ms here)."""
+        if self._answered is None or self._replicas != 1:
+            return False
+        profile, at = self._answered
+        probe_s = profile.fixed_s + profile.per_item_s
+        return self.clock() - at <= JUST_ANSWERED_SHARE * probe_s
 
     def profile_age_s(self) -> float:
         """Seconds since a replica last confirmed its profile (inf: never)."""

@@ -87,8 +87,10 @@ class SpeechService:
         that no answer has shown yet. Serve's controller says whether one runs, and a running
         one is asked its speed, before anyone is admitted (one call each, shared by the
         requests of a burst). A replica still loading is not asked: the call would wait for
-        it, and hold the burst."""
+        it, and hold the burst. Nor is one that has just answered (`Meter.just_answered`)."""
         meter = self.door.meter
+        if meter.just_answered():
+            return None
         if self.door.backlog.requests and meter.profile_age_s() <= PROFILE_FRESH_S:
             return None
         if await self.readiness.running() != 0:  # running, or the controller cannot say

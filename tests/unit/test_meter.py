@@ -83,3 +83,18 @@ def test_a_profile_no_answer_confirmed_lately_is_stale() -> None:
     meter.learn_profile(profile())
     clock.now += 3
     assert meter.profile_age_s() == pytest.approx(3.0)
+
+
+def test_just_after_an_answer_its_profile_holds_without_a_question() -> None:
+    clock = Clock()
+    meter = Meter(batch=1, clock=clock)
+    meter.learn_profile(profile())  # a question's answer: says nothing of what comes after
+    assert not meter.just_answered()
+    meter.learn_profile(profile(), batch=1)  # an answer; the probe item alone takes 1.0 s
+    clock.now += 0.4
+    assert meter.just_answered()
+    clock.now += 0.2  # slower settings could have timed their probe since
+    assert not meter.just_answered()
+    meter.learn_profile(profile(), batch=1)
+    meter.set_replicas(2)  # the next request may go to the other one
+    assert not meter.just_answered()
