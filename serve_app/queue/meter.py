@@ -9,9 +9,9 @@ with its length, so "phonemes ahead / phonemes drained per second" is an honest 
   a request while idle or after a quiet spell (`PROFILE_FRESH_S`) the ingress asks for one,
   so a cold start, a config change or a roll that no answer has shown yet is known before
   the next burst is admitted; but not just after an answer (`just_answered`), when no
-  slower settings can be in place yet. A cold server has a rate from its first request: the probe's
-  speed at the batch size the replicas' answers show lately (one item until they show any;
-  how full batches get depends on the load, not only on the settings).
+  slower settings can be in place yet. A cold server has a rate from its first request: the
+  probe's speed at the batch size the replicas' answers show lately (one item until they
+  show any; how full batches get depends on the load, not only on the settings).
 - **Measured drain**: phonemes finished per second of busy time (time with work outstanding:
   an idle hour does not read as a slow server). It takes over from the profiles as busy time
   accumulates (`TAKEOVER_S`), and its evidence is dropped when the replicas change (a new
@@ -115,7 +115,7 @@ class Meter:
         longer than the old profile's one-item time for it, so within a share of that time
         (`JUST_ANSWERED_SHARE`, for the answer's way back) of an answer a question would
         bring back the same profile. One client sending one sentence after another then
-        skips a round trip to the replica per request (~5 ms here)."""
+        skips a round trip to the replica per request (~7 ms here, docs/performance.md)."""
         if self._answered is None or self._replicas != 1:
             return False
         profile, at = self._answered

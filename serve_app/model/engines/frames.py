@@ -21,7 +21,7 @@ sum a product of 64 columns or fewer in longer blocks than a wider one, so a pie
 narrow would sum otherwise than the whole. A piece whose own frames and halos fall short is
 widened into its neighbours' frames (more context never moves a kept sample). Every item of
 2 x `MIN_PIECE_FRAMES` frames or more (~0.9 s of audio here) can be cut so; checked at every
-length from 80 to 330 frames in two to four pieces here (docs/performance.md).
+length from 80 to 329 frames in two to four pieces here (docs/performance.md).
 
 An item shorter than that runs its frame part on a pool of the replica's threads instead,
 alone or beside others: in two pieces of 65 frames it would gain little, at one thread a lone
