@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from serve_app.model.engines.blocked import as_is, blocked_model, decoder_in_2d, split
+from serve_app.model.engines.blocked import blocked_model, decoder_in_2d, not_again, split
 
 logger = logging.getLogger("ray.serve.chorus.engine")
 
@@ -48,7 +48,8 @@ HALOS = (4, 8, 12, 16, 24, 32, 48, 64, 96, 128)  # tried in turn, frames
 MIN_PIECE_FRAMES = 40  # a piece's own frames, at least (module docstring)
 MIN_SPAN_FRAMES = 65  # frames a piece computes, its halos included, at least (module docstring)
 # Lengths at which a halo is checked, in pieces of MIN_PIECE_FRAMES: the shortest split, one
-# whose pieces are widened to MIN_SPAN_FRAMES by a frame, and two longer ones, uneven.
+# whose pieces a 12-frame halo leaves a frame short of MIN_SPAN_FRAMES (widened), and two
+# longer ones, uneven.
 HALO_CHECKS = (2, 2.6, 4, 6.6)
 
 
@@ -160,11 +161,7 @@ class FramePart:
         if wide is None:
             logger.info("The decoder stays 1-D: it holds operators it cannot carry over")
             return None
-        model = blocked_model(wide, lambda: options(1))
-
-        def load(threads: int) -> Any:
-            return as_is(model, options(threads))
-
+        load = _loader(blocked_model(wide, lambda: options(1)), lambda t: not_again(options(t)))
         plain = self.stages[-1]
         one = Stage(load(1), plain.inputs)
         feed = self.stage_inputs(len(self.stages) - 1, self.sample(2 * MIN_PIECE_FRAMES))
