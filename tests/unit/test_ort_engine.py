@@ -128,6 +128,19 @@ def test_the_pooled_phoneme_part_gives_the_one_thread_outputs(engine, ids) -> No
         assert all(np.array_equal(a, b) for a, b in zip(one, pooled, strict=True)), len(seq)
 
 
+def test_only_the_pool_a_lone_item_runs_on_spins_and_it_stops_when_its_run_ends(engine) -> None:
+    # NOTE: a short item runs on the frame part's pool beside one-thread items too: a spinning
+    # pool there would take a core from them between its operations.
+    def entry(session, key: str) -> str:
+        return session.get_session_options().get_session_config_entry(key)
+
+    voice = engine._voices["joe"]
+    assert entry(voice.front_pooled, "session.intra_op.allow_spinning") == "1"
+    assert entry(voice.front_pooled, "session.force_spinning_stop") == "1"
+    for stage in voice.frames.pooled:
+        assert entry(stage.session, "session.intra_op.allow_spinning") == "0"
+
+
 def test_output_is_speech_in_range(engine, ids) -> None:
     (audio,) = engine.synthesize([item(ids[0])])
     assert audio.dtype == np.float32 and audio.ndim == 1

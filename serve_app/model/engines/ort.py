@@ -13,8 +13,9 @@ core; the frame part (flow and decoder, about 85% of the work) on onnxruntime's
 channel-blocked convolutions (`engines.blocked`). An item that runs alone runs its phoneme part
 on a pool of `threads` and its frame part in `threads` pieces along time at once, each at one
 thread (`engines.frames`: with the whole's samples to the bit); a short item's frame part runs
-on the pool, alone or not. The pools' workers sleep between operations instead of spinning, so
-a pool beside a one-thread item takes no core from it.
+on the pool, alone or not. The frame part's pool sleeps between operations instead of spinning,
+so a short item on it beside a one-thread item takes no core from it; the phoneme part's pool,
+which only an item alone runs on, spins between its operations and stops when its run ends.
 
 Neither switch changes a sample. In the phoneme part, onnxruntime's matrix products (MLAS)
 split the larger of their two sides between threads, and a thread with 64 columns or fewer
@@ -156,8 +157,8 @@ class OrtVoice:
         front = extractor.extract_model(inputs + noise, [cut.m_p, cut.logs_p, *cut.carried])
         back = extractor.extract_model([cut.z_p, *cut.carried], [cut.output])
 
-        def session(part: bytes, threads: int) -> Any:
-            return ort.InferenceSession(part, _options(threads), ["CPUExecutionProvider"])
+        def session(part: bytes, threads: int, spin: bool = False) -> Any:
+            return ort.InferenceSession(part, _options(threads, spin), ["CPUExecutionProvider"])
 
         self.info, self.cut = info, cut
         front_part = front.SerializeToString()
@@ -174,7 +175,7 @@ class OrtVoice:
             # outputs.
             self._pooling = threading.Thread(
                 target=self._after_load,
-                args=(lambda: session(front_part, threads), threads),
+                args=(lambda: session(front_part, threads, spin=True), threads),
                 name=f"chorus-phoneme-pool-{info.id}",
                 daemon=True,
             )
@@ -290,16 +291,25 @@ def _declare(graph: onnx.GraphProto, names: list[str | None]) -> None:
     )
 
 
-def _options(threads: int) -> Any:
+def _options(threads: int, spin: bool = False) -> Any:
+    """Session options at `threads` threads; `spin`: a pool whose workers spin between its
+    operations, for a session that only an item alone runs."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    # NOTE: a pool's workers then sleep between operations instead of spinning: a short item
-    # on the pool beside another item's one-thread frame part spun a core away from it (two
-    # callers in-process: 22.4-24.3 against 20.8-22.3 audio-s/s); a lone item is as fast.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # NOTE: a pool's workers by default sleep between operations instead of spinning: a short
+    # item on the pool beside another item's one-thread frame part spun a core away from it
+    # (two callers in-process: 22.4-24.3 against 20.8-22.3 audio-s/s). The phoneme part's
+    # many small operations wait for a sleeping worker's wake-up at each one, so its pool,
+    # run only by an item alone, spins, and stops spinning when its run ends (lone items,
+    # the twelve sentences alternated, 11 runs each: 1,627 against 1,681 ms, 11 of the 12
+    # quicker; spinning without that stop kept each session's workers spinning into the
+    # next session's run, 1,891 against 1,595 ms). Spinning changes when, never what.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    if spin:
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     return options
 
 
