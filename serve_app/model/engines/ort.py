@@ -176,7 +176,7 @@ class OrtVoice:
             self._pooling = threading.Thread(
                 target=self._after_load,
                 args=(lambda: session(front_part, threads, spin=True), threads),
-                name=f"chorus-phoneme-pool-{info.id}",
+                name=f"chorus-after-load-{info.id}",
                 daemon=True,
             )
             self._pooling.start()
@@ -184,6 +184,7 @@ class OrtVoice:
     def _after_load(self, load: Callable[[], Any], threads: int) -> None:
         """Put the phoneme part's pool in use if it gives the one thread's outputs, and a lone
         item's frame part in `threads` pieces if halos are found that give the whole's."""
+        one_thread()  # NOTE: the checks' noise in torch starts no team beside the engine's items
         self._pool_phonemes(load)
         try:
             self.frames.find_halos(threads)
