@@ -35,10 +35,11 @@ def test_locust_users_stream_download_and_leave_without_a_single_failure(
     assert {"mp3", "sse"} & counts.keys(), counts
     failures = {name: int(row["Failure Count"]) for name, row in stats.items()}
     assert failures["Aggregated"] == 0, (failures, done.stderr[-2000:])
-    # first audio comes well before a whole stream read at playback speed
-    first = float(stats["stream first audio"]["Median Response Time"])
-    whole = float(stats["stream complete"]["Median Response Time"])
-    assert first < whole, (first, whole)
+    # NOTE: no comparison of "stream first audio" with "stream complete" here: the first counts
+    # every stream, the second only those not left (half leave on purpose, the longer ones
+    # more often), and a one-sentence stream fits the player's 1 s buffer, so it completes as
+    # soon as it is made (CI once read 260 ms first audio against 250 ms complete). Each
+    # stream's first audio before its later sentences: test_streaming.py.
     # every request, abandoned streams included, leaves the server with nothing to do
     deadline = time.monotonic() + 30
     while (queue := httpx.get(f"{server}/v1/queue", timeout=10).json())["items"]:
