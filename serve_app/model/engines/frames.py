@@ -133,7 +133,7 @@ class FramePart:
             parts = None
         models = [back] if parts is None else list(parts)
         names = [self.inputs] + [tuple(i.name for i in m.graph.input) for m in models[1:]]
-        loaders = [_loader(m, options) for m in models]
+        loaders = [loader(m, options) for m in models]
         self.stages = [Stage(load(1), n) for load, n in zip(loaders, names, strict=True)]
         if parts is not None:
             try:
@@ -161,7 +161,7 @@ class FramePart:
         if wide is None:
             logger.info("The decoder stays 1-D: it holds operators it cannot carry over")
             return None
-        load = _loader(blocked_model(wide, lambda: options(1)), lambda t: not_again(options(t)))
+        load = loader(blocked_model(wide, lambda: options(1)), lambda t: not_again(options(t)))
         plain = self.stages[-1]
         one = Stage(load(1), plain.inputs)
         feed = self.stage_inputs(len(self.stages) - 1, self.sample(2 * MIN_PIECE_FRAMES))
@@ -219,7 +219,7 @@ def _inputs(
     ]
 
 
-def _loader(model: onnx.ModelProto, options: Callable[[int], Any]) -> Callable[[int], Any]:
+def loader(model: onnx.ModelProto, options: Callable[[int], Any]) -> Callable[[int], Any]:
     """A session of `model` for a thread count."""
     import onnxruntime as ort
 

@@ -47,7 +47,7 @@ from onnx.utils import Extractor
 from serve_app.config import SynthesizerUserConfig, VoiceSource
 from serve_app.model.cores import CoreShare, one_thread
 from serve_app.model.engines.base import Engine, SynthesisItem
-from serve_app.model.engines.frames import FramePart
+from serve_app.model.engines.frames import FramePart, loader
 from serve_app.model.engines.noise import DURATION_NOISE, LATENT_NOISE, gaussian
 from serve_app.model.engines.samples import warmup_item
 from serve_app.model.voices import VoiceInfo, VoiceLoadError
@@ -135,8 +135,6 @@ class OrtVoice:
     frame part at one thread, in pieces for an item alone (`engines.frames`)."""
 
     def __init__(self, info: VoiceInfo, threads: int) -> None:
-        import onnxruntime as ort
-
         model = onnx.load(str(info.model_path))
         try:
             cut = find_cut(model.graph)
@@ -156,13 +154,10 @@ class OrtVoice:
         noise = [cut.duration_noise] if cut.duration_noise else []
         front = extractor.extract_model(inputs + noise, [cut.m_p, cut.logs_p, *cut.carried])
         back = extractor.extract_model([cut.z_p, *cut.carried], [cut.output])
-
-        def session(part: bytes, threads: int, spin: bool = False) -> Any:
-            return ort.InferenceSession(part, _options(threads, spin), ["CPUExecutionProvider"])
-
+        # NOTE: only an item alone runs the phoneme part's pool, so the pool spins (`_options`).
+        load_front = loader(front, lambda t: _options(t, spin=t > 1))
         self.info, self.cut = info, cut
-        front_part = front.SerializeToString()
-        self.front = session(front_part, 1)
+        self.front = load_front(1)
         # NOTE: at one thread the pool is the one-thread session; the phoneme part's pool
         # comes once loaded and checked (`_after_load`).
         self.front_pooled = self.front
@@ -175,7 +170,7 @@ class OrtVoice:
             # outputs.
             self._pooling = threading.Thread(
                 target=self._after_load,
-                args=(lambda: session(front_part, threads, spin=True), threads),
+                args=(lambda: load_front(threads), threads),
                 name=f"chorus-after-load-{info.id}",
                 daemon=True,
             )
