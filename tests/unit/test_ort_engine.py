@@ -14,8 +14,9 @@ from load_tests import onnx_reference
 from serve_app.config import SynthesizerUserConfig, VoiceSource
 from serve_app.model.cores import CoreShare
 from serve_app.model.engines.base import SynthesisItem
+from serve_app.model.engines.cut import find_cut
 from serve_app.model.engines.frames import MIN_PIECE_FRAMES
-from serve_app.model.engines.ort import OrtEngine, find_cut
+from serve_app.model.engines.ort import OrtEngine
 from serve_app.model.engines.piper import PiperEngine
 from serve_app.model.voices import VoiceInfo, VoiceLoadError
 from tests.voices import JOE, SPEAKERS, export_multispeaker_voice, joe_phoneme_ids

@@ -2,10 +2,10 @@
 
 Piper's graph draws its noise inside (two RandomNormalLike nodes), so its audio would
 depend on nothing a caller can repeat. Here each voice's graph is cut where the noise goes
-in: the phoneme part (text encoder, duration predictor, alignment) takes the duration noise
-as an input and gives every frame its prior; the latent noise is added here; the frame part
-(flow, decoder) makes the audio. Both draws are `noise.gaussian`'s, the PyTorch engine's: a
-seed gives an item the same noise in either engine, alone or beside any other item.
+in (`engines.cut`): the phoneme part (text encoder, duration predictor, alignment) takes the
+duration noise as an input and gives every frame its prior; the latent noise is added here;
+the frame part (flow, decoder) makes the audio. Both draws are `noise.gaussian`'s, the PyTorch
+engine's: a seed gives an item the same noise in either engine, alone or beside any other item.
 
 Every item runs alone (batch 1), as piper runs a sentence: no padding, no per-length set-up
 cost. Threads: beside other items, every part of an item runs at one thread, one item per
@@ -31,11 +31,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Executor
 from contextlib import nullcontext
-from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -47,6 +45,7 @@ from onnx.utils import Extractor
 from serve_app.config import SynthesizerUserConfig, VoiceSource
 from serve_app.model.cores import CoreShare, one_thread
 from serve_app.model.engines.base import Engine, SynthesisItem
+from serve_app.model.engines.cut import declare, find_cut
 from serve_app.model.engines.frames import FramePart, loader
 from serve_app.model.engines.noise import DURATION_NOISE, LATENT_NOISE, gaussian
 from serve_app.model.engines.samples import warmup_item
@@ -59,74 +58,6 @@ logger = logging.getLogger("ray.serve.chorus.engine")
 # 192 (the channels, beyond which products split their columns); about 0.4 s here.
 POOLED_PHONEME_CHECKS = (1, 64, 65, 97, 128, 129, 193, 257)
 _CPU = torch.device("cpu")  # where the noise is drawn
-
-
-@dataclass(frozen=True)
-class Cut:
-    """Where a voice graph is cut: the tensors that cross between its two parts."""
-
-    duration_noise: str | None  # the duration predictor's noise (None: no stochastic one)
-    m_p: str  # each frame's prior mean (1, C, T)
-    logs_p: str  # and log scale
-    z_p: str  # the flow's input: m_p + noise * exp(logs_p) * noise_scale
-    carried: tuple[str, ...]  # what else the frame part reads from the phoneme part
-    output: str
-
-
-def find_cut(graph: onnx.GraphProto) -> Cut:
-    """The cut of a graph exported the way piper exports a VITS voice; ValueError if the
-    latent noise is not drawn and added there the way that export does."""
-    producer = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            consumers[name].append(node)
-
-    def only_consumer(tensor: str, op_type: str) -> onnx.NodeProto:
-        found = consumers[tensor]
-        if len(found) != 1 or found[0].op_type != op_type:
-            raise ValueError(f"{tensor} is not read by one {op_type} as in piper's export")
-        return found[0]
-
-    normals = [n for n in graph.node if n.op_type == "RandomNormalLike"]
-    if not 1 <= len(normals) <= 2:
-        raise ValueError(f"{len(normals)} RandomNormalLike nodes (piper's export has 1 or 2)")
-    latent = normals[-1]
-    m_p = latent.input[0]
-    scaled = only_consumer(latent.output[0], "Mul")  # noise * exp(logs_p)
-    exp = producer.get(next(t for t in scaled.input if t != latent.output[0]))
-    if exp is None or exp.op_type != "Exp":
-        raise ValueError("the latent noise is not scaled by exp(logs_p)")
-    add = only_consumer(only_consumer(scaled.output[0], "Mul").output[0], "Add")
-    if m_p not in add.input:
-        raise ValueError("the latent noise is not added to the prior mean")
-    z_p = add.output[0]
-    frame_part = _downstream(z_p, consumers)
-    made_there = {out for node in frame_part for out in node.output}
-    constants = {i.name for i in graph.initializer} | {
-        out for node in graph.node if node.op_type == "Constant" for out in node.output
-    }
-    carried = dict.fromkeys(
-        name
-        for node in frame_part
-        for name in node.input
-        if name and name not in made_there and name not in constants and name != z_p
-    )
-    (output,) = (o.name for o in graph.output)
-    duration = normals[0].output[0] if len(normals) == 2 else None
-    return Cut(duration, m_p, exp.input[0], z_p, tuple(carried), output)
-
-
-def _downstream(tensor: str, consumers: dict[str, list[onnx.NodeProto]]) -> list[onnx.NodeProto]:
-    """Every node that reads `tensor`, directly or through other nodes."""
-    seen: dict[int, onnx.NodeProto] = {}
-    todo = [tensor]
-    while todo:
-        for node in consumers[todo.pop()]:
-            if id(node) not in seen:
-                seen[id(node)] = node
-                todo.extend(node.output)
-    return list(seen.values())
 
 
 class OrtVoice:
@@ -149,7 +80,7 @@ class OrtVoice:
                 f"its config names {max(1, len(info.speakers))} speaker(s), its graph "
                 f"{'takes' if self.speakers else 'has no'} speaker id"
             )
-        _declare(model.graph, [cut.duration_noise, cut.m_p, cut.logs_p, cut.z_p, *cut.carried])
+        declare(model.graph, [cut.duration_noise, cut.m_p, cut.logs_p, cut.z_p, *cut.carried])
         extractor = Extractor(model)
         noise = [cut.duration_noise] if cut.duration_noise else []
         front = extractor.extract_model(inputs + noise, [cut.m_p, cut.logs_p, *cut.carried])
@@ -274,17 +205,6 @@ class OrtVoice:
             noise = gaussian([item.seed], DURATION_NOISE, 2, [phonemes], _CPU)
             feed[cut.duration_noise] = noise.numpy()
         return session.run(None, feed)
-
-
-def _declare(graph: onnx.GraphProto, names: list[str | None]) -> None:
-    """Declare the cut's tensors as float tensors where the export left them undeclared (the
-    extractor needs each one's type; piper's exports run shape inference, torch's need not)."""
-    known = {v.name for v in (*graph.value_info, *graph.input, *graph.output)}
-    graph.value_info.extend(
-        onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-        for name in names
-        if name and name not in known
-    )
 
 
 def _options(threads: int, spin: bool = False) -> Any:
