@@ -17,7 +17,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.clients import KeyStore
-from serve_app.config import AppConfig, configure_logging, unset_node_settings
+from serve_app.config import AppConfig, calls_over_grpc, configure_logging, unset_node_settings
 from serve_app.http import routes
 from serve_app.http.front_door import FrontDoor
 from serve_app.metrics import IngressMetrics
@@ -163,6 +163,9 @@ class Ingress:
             logger.warning(warning)
         if not audio.load_ffmpeg():
             logger.error("PyAV is not installed: mp3, opus and aac answers will fail")
+        # NOTE: the transport this replica's environment names (`calls_over_grpc`), whoever
+        # made the handle.
+        synthesizer = synthesizer.options(_by_reference=not calls_over_grpc())
         self.service = build_service(synthesizer, AppConfig.model_validate(config))
 
     def __serve_build_asgi_app__(self) -> FastAPI:

@@ -84,6 +84,24 @@ def test_speed_and_sample_rate_extensions(client) -> None:
     assert decode(wav.content)[1] == 16000
 
 
+def test_a_longest_sentence_at_a_quarter_speed_comes_back_whole(client) -> None:
+    # NOTE: one sentence item (under max_item_chars, 400) whose audio, ~64 s, is over 4 MiB as
+    # the model replica's float32 answer: Serve's default cap on a gRPC message between
+    # replicas (config.NODE_SETTINGS) answered 500 for it.
+    text = (
+        "The committee reviewed the long report on the regional water supply, the aging pumps, "
+        "the new reservoir plans, the budget for the coming years, the staffing of the "
+        "treatment works, and the public meetings that were held in every town along the "
+        "river, where farmers, teachers, shop owners and retired engineers asked careful "
+        "questions about the cost"
+    )
+    r = speech(client, input=text, response_format="pcm", stream_format="file", seed=3, speed=0.25)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-chorus-sentences"] == "1"
+    seconds = len(pcm16(r.content)) / 24000
+    assert seconds > 4 * 2**20 / 4 / 22050, seconds  # more float32 samples than 4 MiB holds
+
+
 def test_discovery_endpoints(client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()

@@ -25,6 +25,7 @@ from serve_app.config import (
     HAPROXY_BINARY,
     HAPROXY_SWITCH,
     NODE_SETTINGS,
+    TRAVELS,
     AppConfig,
     SynthesizerUserConfig,
 )
@@ -179,10 +180,9 @@ def test_the_key_check_finds_a_typo_at_any_depth() -> None:
     ("name", "raw"), serve_configs(), ids=lambda v: v if isinstance(v, str) else ""
 )
 def test_the_settings_that_can_travel_with_the_app_do(name: str, raw: dict) -> None:
-    travels = {"RAY_max_direct_call_object_size"}
     for app in raw["applications"]:
         env = app["runtime_env"]["env_vars"]
-        assert {k: env.get(k) for k in travels} == {k: NODE_SETTINGS[k][0] for k in travels}
+        assert {k: env.get(k) for k in TRAVELS} == {k: NODE_SETTINGS[k][0] for k in TRAVELS}
 
 
 def test_the_image_sets_every_node_setting_and_links_the_haproxy_it_names() -> None:
@@ -192,7 +192,7 @@ def test_the_image_sets_every_node_setting_and_links_the_haproxy_it_names() -> N
         if line.startswith("ENV "):
             env |= dict(pair.split("=", 1) for pair in shlex.split(line[4:]))
     assert set(NODE_SETTINGS) <= set(env), set(NODE_SETTINGS) - set(env)
-    for name in ("RAY_max_direct_call_object_size", "FORWARDED_ALLOW_IPS", HAPROXY_SWITCH):
+    for name in (*TRAVELS, "FORWARDED_ALLOW_IPS", HAPROXY_SWITCH):
         assert env[name] == NODE_SETTINGS[name][0], name
     linked = env[HAPROXY_BINARY]
     assert Path(linked).name == "chorus-haproxy"
