@@ -62,7 +62,8 @@ NODE_SETTINGS = {
         "docs/performance.md, Sizing); set by the serve configs' runtime_env",
     ),
     # NOTE: the ingress's calls to the model replicas as in Ray's throughput-optimized Serve
-    # (RAY_SERVE_THROUGHPUT_OPTIMIZED, which also buffers logs and moves HTTP; not taken whole):
+    # (RAY_SERVE_THROUGHPUT_OPTIMIZED, which also buffers Serve's logs and turns on direct
+    # ingress behind Serve's proxy too; not taken whole):
     # one client, 48 sentences alternated with Ray's defaults three times, 10.7-12.8 against
     # 14.6-18.8 ms a sentence outside the model, the ingress's CPU 8.5-10.4 against 11.7-15.4
     # ms (docs/performance.md, "Serve's calls over gRPC").
